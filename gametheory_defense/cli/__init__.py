@@ -1,0 +1,73 @@
+"""The ``gtdefense`` command line.
+
+Each subcommand lives in its own module of this package, which defines
+``register(subparsers)``: it adds its parser and sets ``func`` (a callable taking the
+parsed ``argparse.Namespace`` and returning an exit code). The CLI only parses
+arguments and calls the library; every expected error becomes one line on stderr and
+exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from gametheory_defense import __version__
+
+# Subcommand modules, in the order ``gtdefense --help`` lists them.
+COMMANDS = ["solve", "plot", "train", "attack", "run", "demo", "evaluate"]
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="gtdefense",
+        description="Game-theoretic adversarial defense: solve, plot, train, attack, run, evaluate.",
+    )
+    parser.add_argument("--version", action="version", version=f"gametheory-defense {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f"gametheory_defense.cli.{name}").register(sub)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from gametheory_defense.errors import GTDError
+
+    return (GTDError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``gtdefense``; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code = args.func(args)
+    except KeyboardInterrupt:
+        print("gtdefense: interrupted (finished work is kept; rerun with --resume)", file=sys.stderr)
+        return 130
+    except _user_errors() as exc:
+        msg = str(exc).strip().splitlines()
+        text = msg[0] if msg else type(exc).__name__
+        print(f"gtdefense {args.command}: error: {text}", file=sys.stderr)
+        return EXIT_USAGE
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
