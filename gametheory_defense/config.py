@@ -1,0 +1,417 @@
+"""The TOML run configuration of ``gtdefense run``.
+
+A configuration names the data set, the base models to train, the defenders (base models
+x SAP rates), the attackers, the game (formulation, repeats, solver, selection), the
+adaptive evaluation and the double-oracle loop. Unknown keys and bad values are rejected
+with a :class:`~gametheory_defense.errors.ConfigError` that names the key. See
+``docs/config.md`` for every key and ``examples/digits.toml`` for a complete example.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gametheory_defense.errors import ConfigError
+
+__all__ = [
+    "RunConfig",
+    "DataConfig",
+    "ModelConfig",
+    "DefendersConfig",
+    "AttackerConfig",
+    "GameConfig",
+    "EvaluationConfig",
+    "DoubleOracleConfig",
+    "load_config",
+    "parse_config",
+    "RESERVED_NAMES",
+]
+
+# Names that cannot be used for defenders because robustness.json uses them as keys.
+RESERVED_NAMES = frozenset({"mixture", "threat_model"})
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """``[data]``: which data set, and which test images form the evaluation subset."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    train_size: int | None = None
+    eval_size: int = 200
+    eval_offset: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """``[[models]]``: one base model to train (standard or PGD adversarial training)."""
+
+    name: str
+    architecture: str
+    method: str = "standard"
+    epochs: int = 10
+    eps: float = 0.3
+    attack_steps: int = 10
+    step_size: float | None = None
+    eps_warmup_epochs: int = 0
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    seed: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DefendersConfig:
+    """``[defenders]``: every base model, plus SAP at each rate on top of each base model."""
+
+    sap_fracs: tuple[float, ...] = ()
+    sap_mode: str = "exact"
+    include_base: bool = True
+    sap_models: tuple[str, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackerConfig:
+    """``[[attackers]]``: a named attack; every other key is an argument of the attack."""
+
+    name: str
+    attack: str
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class GameConfig:
+    """``[game]``: how the payoff matrix is built and solved."""
+
+    formulation: str = "self"
+    repeats: int = 1
+    solver: str = "lp"
+    select: str | None = None
+    executor: str = "serial"
+    batch_size: int = 256
+    ray_num_gpus: float = 0.0
+    ray_address: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    """``[evaluation]``: the adaptive suite run on the mixture and on every pure defender."""
+
+    enabled: bool = True
+    suite: str = "adaptive"
+    eps: float = 0.3
+    norm: str = "linf"
+    size: int | None = None
+    repeats: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class DoubleOracleConfig:
+    """``[double_oracle]``: best-response columns (and optionally rows) added to the game."""
+
+    enabled: bool = False
+    max_iterations: int = 3
+    tol: float = 0.01
+    attack: str = "mixture-pgd"
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A whole ``gtdefense run`` configuration."""
+
+    name: str
+    seed: int
+    data: DataConfig
+    models: tuple[ModelConfig, ...]
+    defenders: DefendersConfig
+    attackers: tuple[AttackerConfig, ...]
+    game: GameConfig
+    evaluation: EvaluationConfig
+    double_oracle: DoubleOracleConfig
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (used in reports and metadata)."""
+        return _jsonable(dataclasses.asdict(self))
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "models.method": ("standard", "pgd-at"),
+    "models.optimizer": ("adam", "sgd"),
+    "defenders.sap_mode": ("exact", "fast"),
+    "game.formulation": ("self", "transfer"),
+    "game.executor": ("serial", "ray"),
+    "game.select": ("clean", "max-entropy", "min-support"),
+    "evaluation.norm": ("linf", "l2"),
+}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in canonical form."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _section(cls: type, raw: Any, where: str, *, extra_key: str | None = None) -> Any:
+    """Build dataclass ``cls`` from table ``raw``; keys not in ``cls`` go to ``extra_key`` or fail."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a table, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != extra_key}
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in fields:
+            kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+        elif extra_key is not None:
+            extra[key] = value
+        else:
+            raise ConfigError(
+                f"{where}: unknown key '{key}' (allowed: {', '.join(sorted(fields))})"
+            )
+    missing = [
+        n
+        for n, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and n not in kwargs
+    ]
+    if missing:
+        raise ConfigError(f"{where}: missing required key '{missing[0]}'")
+    if extra_key is not None:
+        kwargs[extra_key] = extra
+    return cls(**kwargs)
+
+
+def _check_choice(value: str | None, key: str) -> None:
+    choices = _CHOICES[key]
+    if value is not None and value not in choices:
+        raise ConfigError(f"{key}: unknown value {value!r} (choose from {', '.join(choices)})")
+
+
+def _check_positive(value: float | int | None, key: str, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def _validate_names(names: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise ConfigError(f"{what}: duplicate name {n!r}")
+        if any(c in n for c in "/\\@,\n") or n.startswith("."):
+            raise ConfigError(f"{what}: name {n!r} may not contain '/', '\\', '@', ',' or start with '.'")
+        seen.add(n)
+
+
+def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunConfig:
+    """Validate a configuration table (already parsed from TOML) and return a :class:`RunConfig`."""
+    from gametheory_defense.attacks import ATTACKS, build_attack
+    from gametheory_defense.data import DATASETS
+    from gametheory_defense.models import MODELS
+
+    allowed = {"run", "data", "models", "defenders", "attackers", "game", "evaluation", "double_oracle"}
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"unknown section '{key}' (allowed: {', '.join(sorted(allowed))})")
+    run = dict(raw.get("run", {}))
+    for key in run:
+        if key not in ("name", "seed"):
+            raise ConfigError(f"run: unknown key '{key}' (allowed: name, seed)")
+    name = _coerce(run.get("name", "run"), str, "run.name")
+    seed = _coerce(run.get("seed", 0), int, "run.seed")
+
+    data = _section(DataConfig, raw.get("data", {}), "data")
+    if data.dataset not in DATASETS:
+        raise ConfigError(f"data.dataset: unknown data set {data.dataset!r} (choose from {', '.join(DATASETS)})")
+    _check_positive(data.eval_size, "data.eval_size")
+    _check_positive(data.eval_offset, "data.eval_offset", allow_zero=True)
+    _check_positive(data.train_size, "data.train_size")
+
+    models_raw = raw.get("models")
+    if not isinstance(models_raw, list) or not models_raw:
+        raise ConfigError("models: at least one [[models]] table is required")
+    models = tuple(_section(ModelConfig, m, f"models[{i}]") for i, m in enumerate(models_raw))
+    for i, m in enumerate(models):
+        where = f"models[{i}]"
+        if m.architecture not in MODELS:
+            raise ConfigError(
+                f"{where}.architecture: unknown model {m.architecture!r} (choose from {', '.join(MODELS)})"
+            )
+        _check_choice(m.method, "models.method")
+        _check_choice(m.optimizer, "models.optimizer")
+        _check_positive(m.epochs, f"{where}.epochs")
+        _check_positive(m.eps, f"{where}.eps", allow_zero=True)
+        _check_positive(m.attack_steps, f"{where}.attack_steps")
+        _check_positive(m.step_size, f"{where}.step_size")
+        _check_positive(m.batch_size, f"{where}.batch_size")
+        _check_positive(m.lr, f"{where}.lr")
+        _check_positive(m.eps_warmup_epochs, f"{where}.eps_warmup_epochs", allow_zero=True)
+    _validate_names([m.name for m in models], "models")
+
+    defenders = _section(DefendersConfig, raw.get("defenders", {}), "defenders")
+    _check_choice(defenders.sap_mode, "defenders.sap_mode")
+    for i, f in enumerate(defenders.sap_fracs):
+        _check_positive(f, f"defenders.sap_fracs[{i}]")
+    if defenders.sap_models is not None:
+        for n in defenders.sap_models:
+            if n not in {m.name for m in models}:
+                raise ConfigError(f"defenders.sap_models: {n!r} is not a model name")
+    if not defenders.include_base and not defenders.sap_fracs:
+        raise ConfigError("defenders: include_base = false needs at least one entry in sap_fracs")
+
+    attackers_raw = raw.get("attackers")
+    if not isinstance(attackers_raw, list) or not attackers_raw:
+        raise ConfigError("attackers: at least one [[attackers]] table is required")
+    attackers = tuple(
+        _section(AttackerConfig, a, f"attackers[{i}]", extra_key="params") for i, a in enumerate(attackers_raw)
+    )
+    for i, a in enumerate(attackers):
+        if a.attack not in ATTACKS:
+            raise ConfigError(
+                f"attackers[{i}].attack: unknown attack {a.attack!r} (choose from {', '.join(ATTACKS)})"
+            )
+        try:
+            build_attack(a.attack, **a.params)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"attackers[{i}] ({a.name}): {exc}") from None
+    _validate_names([a.name for a in attackers], "attackers")
+
+    game = _section(GameConfig, raw.get("game", {}), "game")
+    _check_choice(game.formulation, "game.formulation")
+    _check_choice(game.executor, "game.executor")
+    _check_choice(game.select, "game.select")
+    _check_positive(game.repeats, "game.repeats")
+    _check_positive(game.batch_size, "game.batch_size")
+    from gametheory_defense.solvers import SOLVERS
+
+    if game.solver not in SOLVERS:
+        raise ConfigError(f"game.solver: unknown solver {game.solver!r} (choose from {', '.join(SOLVERS)})")
+
+    evaluation = _section(EvaluationConfig, raw.get("evaluation", {}), "evaluation")
+    _check_choice(evaluation.norm, "evaluation.norm")
+    _check_positive(evaluation.eps, "evaluation.eps")
+    _check_positive(evaluation.size, "evaluation.size")
+    _check_positive(evaluation.repeats, "evaluation.repeats")
+    from gametheory_defense.evaluation import SUITES
+
+    if evaluation.suite not in SUITES:
+        raise ConfigError(
+            f"evaluation.suite: unknown suite {evaluation.suite!r} (choose from {', '.join(SUITES)})"
+        )
+
+    do = _section(DoubleOracleConfig, raw.get("double_oracle", {}), "double_oracle", extra_key="params")
+    _check_positive(do.max_iterations, "double_oracle.max_iterations")
+    _check_positive(do.tol, "double_oracle.tol", allow_zero=True)
+    if do.attack not in ATTACKS:
+        raise ConfigError(f"double_oracle.attack: unknown attack {do.attack!r} (choose from {', '.join(ATTACKS)})")
+    try:
+        build_attack(do.attack, **do.params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"double_oracle ({do.attack}): {exc}") from None
+
+    config = RunConfig(
+        name=name,
+        seed=seed,
+        data=data,
+        models=models,
+        defenders=defenders,
+        attackers=attackers,
+        game=game,
+        evaluation=evaluation,
+        double_oracle=do,
+        source=source,
+    )
+    names = defender_names(config)
+    _validate_names(names, "defenders")
+    for n in names:
+        if n in RESERVED_NAMES:
+            raise ConfigError(f"defenders: the name {n!r} is reserved; rename that model")
+    return config
+
+
+def defender_names(config: RunConfig) -> list[str]:
+    """Defender names in row order: each base model, then ``<model>+sap<frac>`` for each rate."""
+    names: list[str] = []
+    sap_models = config.defenders.sap_models
+    for m in config.models:
+        if config.defenders.include_base:
+            names.append(m.name)
+        if sap_models is None or m.name in sap_models:
+            names.extend(f"{m.name}+sap{frac:g}" for frac in config.defenders.sap_fracs)
+    return names
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a TOML configuration file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    try:
+        return parse_config(raw, source=str(path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,188 @@
+"""``report.md`` of a pipeline run: the paper's protocol and the adaptive one, side by side.
+
+Every number in the report is formatted by :func:`pct` from the same values written to
+``payoff.json``, ``equilibrium.json`` and ``robustness.json`` (a test checks this).
+A randomized defense is never called robust on the configured (non-adaptive) attackers alone.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["pct", "write_report", "render_report"]
+
+
+def pct(value: float | None) -> str:
+    """Format an accuracy in [0, 1] as a percentage with two decimals (``"n/a"`` for None)."""
+    if value is None:
+        return "n/a"
+    return f"{100.0 * float(value):.2f}%"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
+def render_report(
+    *,
+    config: Any,
+    matrix: Any,
+    equilibrium: Any,
+    robustness: Mapping[str, Any] | None,
+    double_oracle: Any | None,
+    seconds: Mapping[str, float],
+    device: str,
+    command: Sequence[str] | None,
+) -> str:
+    """Return the Markdown text of ``report.md``."""
+    from gametheory_defense.pipeline import environment, reproduce_command
+
+    values = np.asarray(matrix.values)
+    x = np.asarray(equilibrium.defender_strategy)
+    row_min = values.min(axis=1)
+    best = int(np.argmax(row_min))
+    clean = matrix.clean_accuracy
+    lines: list[str] = [f"# gametheory-defense report: {config.name}", ""]
+    lines += [
+        f"Data set `{config.data.dataset}`, {values.shape[0]} defenders x {values.shape[1]} attackers "
+        f"(formulation `{config.game.formulation}`), evaluated on {config.data.eval_size} test images "
+        f"(offset {config.data.eval_offset}), stochastic defenders over {config.game.repeats} draws. "
+        f"Solver `{equilibrium.method}`, selection `{equilibrium.select}`.",
+        "",
+        "## 1. The game (the source paper's protocol: configured attackers only)",
+        "",
+        "Rows are defenders (the maximizer), columns the configured attackers, cells accuracy.",
+        "",
+    ]
+    rows = []
+    for i, name in enumerate(matrix.defenders):
+        worst_j = int(np.argmin(values[i]))
+        rows.append(
+            [
+                f"`{name}`",
+                pct(clean[i]) if clean is not None else "n/a",
+                f"{pct(row_min[i])} (`{matrix.attackers[worst_j]}`)",
+                f"{x[i]:.4f}",
+            ]
+        )
+    lines += _table(["defender", "clean accuracy", "worst-case accuracy (attack)", "equilibrium weight"], rows)
+    lines += [
+        "",
+        f"- **Game value** (the mixture's guaranteed accuracy against these attackers): **{pct(equilibrium.value)}**; "
+        f"exploitability certificate {equilibrium.exploitability:.2e}.",
+        f"- **Best pure defender** (maximin row): `{matrix.defenders[best]}` at {pct(row_min[best])}; "
+        f"the mixture's gain over it under this protocol: {100.0 * (equilibrium.value - row_min[best]):+.2f} points.",
+        "- These attackers are crafted against each defender separately; a mixture is not evaluated against "
+        "attacks aimed at the mixture itself here, so this value is **not** a robustness claim. See section 3.",
+        "",
+        "![payoff matrix](payoff.png)",
+        "",
+    ]
+    if double_oracle is not None:
+        lines += [
+            "## 2. Double oracle (best-response attacks against the current mixture)",
+            "",
+            f"- Value before: {pct(double_oracle.initial_value)}; after: {pct(double_oracle.equilibrium.value)} "
+            f"({'converged' if double_oracle.converged else 'stopped at max_iterations'}).",
+            f"- Attackers added by the attack oracle (`{config.double_oracle.attack}`): "
+            + (", ".join(f"`{a}`" for a in double_oracle.added_attackers) or "none"),
+            "- Defenders added: " + (", ".join(f"`{a}`" for a in double_oracle.added_defenders) or "none")
+            + " (the pipeline runs the attack oracle only).",
+            "",
+        ]
+        hrows = [
+            [
+                str(h.iteration),
+                f"{h.n_defenders}x{h.n_attackers}",
+                pct(h.value),
+                pct(h.lower_bound),
+                pct(h.upper_bound),
+                f"`{h.added_attacker}`" if h.added_attacker else "-",
+            ]
+            for h in double_oracle.history
+        ]
+        lines += _table(["iteration", "game size", "value", "lower bound", "upper bound", "added attacker"], hrows)
+        lines += ["", "![double-oracle convergence](double_oracle.png)", ""]
+    if robustness is not None:
+        tm = robustness["threat_model"]
+        lines += [
+            "## 3. Adaptive evaluation (the number to quote)",
+            "",
+            f"Threat model {tm['norm']} eps {tm['eps']}; suite `{config.evaluation.suite}` "
+            "(see docs/evaluation.md), run on every model on the same examples. Worst case is per example "
+            "over all attacks; for stochastic models the accuracy is averaged over draws.",
+            "",
+        ]
+        names = [k for k in robustness if k != "threat_model"]
+        attack_names: list[str] = []
+        for k in names:
+            for a in robustness[k]["attacks"]:
+                if a not in attack_names:
+                    attack_names.append(a)
+        rrows = []
+        for k in names:
+            r = robustness[k]
+            rrows.append(
+                [f"`{k}`", pct(r["clean_accuracy"])]
+                + [pct(r["attacks"].get(a)) for a in attack_names]
+                + [f"**{pct(r['worst_case_accuracy'])}**"]
+            )
+        lines += _table(["model", "clean", *[f"`{a}`" for a in attack_names], "worst case"], rrows)
+        pure = [k for k in names if k in matrix.defenders]
+        if pure and "mixture" in robustness:
+            best_pure = max(pure, key=lambda k: robustness[k]["worst_case_accuracy"])
+            mix = robustness["mixture"]["worst_case_accuracy"]
+            bp = robustness[best_pure]["worst_case_accuracy"]
+            verdict = "above" if mix > bp else "not above"
+            lines += [
+                "",
+                f"- Under the adaptive suite the equilibrium mixture reaches {pct(mix)}; the best pure defender "
+                f"(`{best_pure}`) reaches {pct(bp)}: the mixture is **{verdict}** the best pure defender "
+                f"({100.0 * (mix - bp):+.2f} points).",
+                f"- Game value under the paper's protocol: {pct(equilibrium.value)}; the mixture's adaptive "
+                f"worst case: {pct(mix)} (a difference of {100.0 * (mix - equilibrium.value):+.2f} points).",
+            ]
+        warn = [(k, w) for k in names for w in robustness[k].get("warnings", [])]
+        if warn:
+            lines += ["", "Sanity-check warnings:", ""] + [f"- `{k}`: {w}" for k, w in warn]
+        lines.append("")
+    else:
+        lines += [
+            "## 3. Adaptive evaluation",
+            "",
+            "Disabled in this configuration: no robustness claim can be made for randomized defenders.",
+            "",
+        ]
+    env = environment()
+    lines += [
+        "## Reproduce",
+        "",
+        "```",
+        " ".join(command) if command else reproduce_command(),
+        "```",
+        "",
+        f"Device `{device}`; " + ", ".join(f"{k} {v}" for k, v in env.items()) + ".",
+        "",
+        "Wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()) + ".",
+        "",
+        f"Written {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(path: str | Path, **kwargs: Any) -> Path:
+    """Render the report and write it atomically to ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(render_report(**kwargs), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

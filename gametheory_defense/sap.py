@@ -1,0 +1,434 @@
+"""Stochastic Activation Pruning (Dhillon et al., ICLR 2018).
+
+SAP is a post-hoc stochastic defense: after each chosen activation layer it keeps a random
+subset of units, chosen with probability proportional to their magnitude, and rescales
+the survivors so that the layer's output is unbiased (``E[SAP(h)] = h``). No retraining is
+needed and no parameters are added.
+
+For one example and one layer with activations ``h`` (all non-batch dimensions flattened,
+``n`` units) and ``r = ceil(frac * n)`` draws:
+
+* ``p_j = |h_j| / sum_k |h_k|``;
+* ``exact`` mode (the paper): draw ``r`` indices **with replacement** from ``p``, keep the
+  units drawn at least once and zero the rest;
+* each kept unit is scaled by ``1 / q_j`` with ``q_j = 1 - (1 - p_j)^r``, the probability
+  that unit ``j`` is drawn at least once, so every unit is unbiased;
+* ``fast`` mode keeps each unit independently with the same probability ``q_j``. It has
+  the same expectation and the same per-unit marginals as ``exact`` but a different joint
+  law (units are independent, and the number kept is not bounded by ``r``).
+
+Gradients follow the convention of the paper and of the attack on it by Athalye et al.
+(ICML 2018): the keep mask and the scale are computed from the *detached* magnitudes and
+act as constants, so the output is ``h * mask * scale`` and its gradient with respect to
+``h`` is ``mask * scale``. Expectation over Transformation averages this over draws.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from gametheory_defense.stochastic import StochasticModule, random_tensor
+
+__all__ = [
+    "StochasticActivationPruning",
+    "SAP_MODES",
+    "apply_sap",
+    "remove_sap",
+    "sap_settings",
+    "relu_layer_names",
+]
+
+#: The sampling modes of :class:`StochasticActivationPruning`.
+SAP_MODES: tuple[str, ...] = ("exact", "fast")
+
+
+def _check_frac(frac: float) -> float:
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)):
+        raise ValueError(f"SAP frac must be a positive number, got {frac!r}")
+    frac = float(frac)
+    if not math.isfinite(frac) or frac <= 0.0:
+        raise ValueError(
+            f"SAP frac must be a finite number > 0 (the number of draws per layer as a "
+            f"fraction of its units; 1.0 is the paper's default), got {frac!r}"
+        )
+    return frac
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in SAP_MODES:
+        raise ValueError(f"SAP mode must be one of {list(SAP_MODES)}, got {mode!r}")
+    return mode
+
+
+class StochasticActivationPruning(StochasticModule):
+    """Stochastic Activation Pruning of Dhillon et al. (ICLR 2018), batched and unbiased.
+
+    Keeps a random, magnitude-weighted subset of the units of each example and rescales
+    the kept units so that ``E[output] = input`` exactly (see the module docstring for the
+    sampling law). Stays stochastic in ``eval()`` mode; with ``stochastic = False`` it is
+    the identity, which is its expectation.
+
+    Parameters
+    ----------
+    frac : float, default 1.0
+        Number of draws per example and layer as a fraction of the layer's units:
+        ``r = ceil(frac * n)``. Any finite ``frac > 0`` is allowed; ``frac > 1`` means more
+        draws than units (fewer units pruned), which is legitimate for sampling with
+        replacement. Even ``frac = 1`` prunes many units, because draws repeat.
+    mode : {"exact", "fast"}, default "exact"
+        ``"exact"``: ``r`` draws with replacement (the paper; at most ``r`` units kept).
+        ``"fast"``: independent Bernoulli keeps with the same marginal probabilities.
+
+    Attributes
+    ----------
+    generator : torch.Generator or None
+        Source of randomness (see :mod:`gametheory_defense.stochastic`).
+    stochastic : bool
+        ``False`` makes the forward pass the identity.
+
+    Notes
+    -----
+    Cost per layer is ``O(B * (n + r log n))`` in ``exact`` mode (one cumulative sum per
+    example, ``r`` binary searches, one scatter) and ``O(B * n)`` in ``fast`` mode, with
+    no Python loop over examples. Probabilities are computed in float32 (float64 for
+    float64 inputs) after dividing by the per-example maximum, so inputs spanning
+    ``1e-30`` to ``1e30`` produce neither ``inf`` nor ``NaN``. In ``exact`` mode the
+    keep probabilities are computed from the same cumulative sum that is searched, so
+    sampling and rescaling agree to the last bit of the cumulative sum; units whose share
+    is below the resolution of the uniforms (about ``2**-24`` in float32) are sampled
+    with a probability rounded to that grid. A unit with ``h_j = 0`` is never kept and a
+    layer whose activations are all zero passes through unchanged.
+
+    Shape
+    -----
+    - Input: ``(B, *)``, any number of non-batch dimensions.
+    - Output: same shape and dtype as the input.
+
+    Examples
+    --------
+    >>> import torch
+    >>> sap = StochasticActivationPruning(frac=1.0)
+    >>> sap.generator = torch.Generator().manual_seed(0)
+    >>> h = torch.tensor([[0.0, 1.0, 3.0]])
+    >>> out = sap(h)
+    >>> bool(out[0, 0] == 0)
+    True
+    >>> sap.stochastic = False
+    >>> torch.equal(sap(h), h)
+    True
+    """
+
+    def __init__(self, frac: float = 1.0, *, mode: str = "exact") -> None:
+        super().__init__()
+        self.frac: float = _check_frac(frac)
+        self.mode: str = _check_mode(mode)
+
+    def extra_repr(self) -> str:
+        return f"frac={self.frac}, mode={self.mode!r}"
+
+    def num_draws(self, num_units: int) -> int:
+        """Draws per example for a layer of ``num_units`` units: ``ceil(frac * num_units)``.
+
+        The product is rounded to 9 decimals first, so ``0.3 * 10`` gives 3 draws, not 4.
+        """
+        return max(1, math.ceil(round(self.frac * num_units, 9)))
+
+    def keep_probability(self, h: torch.Tensor) -> torch.Tensor:
+        """Probability ``q_j = 1 - (1 - p_j)^r`` that each unit of ``h`` is kept.
+
+        Parameters
+        ----------
+        h : torch.Tensor
+            Activations, shape ``(B, *)``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``q`` with the shape of ``h`` (float32, or float64 for float64 input), in [0, 1];
+            0 exactly where ``h`` is 0. Computed from the analytic ``p`` (not from the
+            cumulative sum used for sampling in ``exact`` mode).
+        """
+        flat = self._flat_magnitudes(h)
+        n = flat.shape[1]
+        total = flat.sum(dim=1, keepdim=True)
+        p = flat / torch.where(total > 0, total, torch.ones_like(total))
+        return _keep_prob(p, self.num_draws(n)).reshape(h.shape)
+
+    @staticmethod
+    def _flat_magnitudes(h: torch.Tensor) -> torch.Tensor:
+        """``|h|`` detached, flattened to ``(B, n)``, divided by its row maximum (in [0, 1])."""
+        if h.dim() == 0:
+            raise ValueError("SAP needs a batched tensor of shape (B, *), got a scalar")
+        dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
+        a = h.detach().reshape(h.shape[0], -1).abs().to(dtype)
+        peak = a.amax(dim=1, keepdim=True)
+        return a / torch.where(peak > 0, peak, torch.ones_like(peak))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Prune and rescale ``h``; the identity when ``stochastic`` is ``False``."""
+        if not self.stochastic or h.numel() == 0:
+            return h
+        w = self._flat_magnitudes(h)  # (B, n), in [0, 1]
+        batch, n = w.shape
+        r = self.num_draws(n)
+        if self.mode == "exact":
+            factor = self._exact_factor(w, r)
+        else:
+            factor = self._fast_factor(w, r)
+        factor = factor.reshape(h.shape)
+        if factor.dtype != h.dtype:
+            # Rescale in the (wider) probability dtype, then return in the input's dtype.
+            return (h.to(factor.dtype) * factor).to(h.dtype)
+        return h * factor
+
+    def _exact_factor(self, w: torch.Tensor, r: int) -> torch.Tensor:
+        """``mask * scale`` for ``r`` draws with replacement (inverse-CDF sampling)."""
+        batch, n = w.shape
+        cdf = torch.cumsum(w, dim=1)
+        total = cdf[:, -1:]
+        u = random_tensor("rand", (batch, r), generator=self.generator, device=w.device, dtype=w.dtype)
+        u.mul_(total)
+        # First index with cdf > u: unit j is drawn iff cdf[j-1] <= u < cdf[j], so units
+        # with zero mass (an empty interval) are never drawn.
+        idx = torch.searchsorted(cdf, u, right=True).clamp_(max=n - 1)
+        del u
+        drawn = torch.zeros((batch, n), dtype=w.dtype, device=w.device)
+        drawn.scatter_(1, idx, 1.0)
+        del idx
+        # Probabilities from the very cumulative sum that was searched.
+        mass = torch.diff(cdf, dim=1, prepend=torch.zeros_like(total))
+        p = mass.div_(torch.where(total > 0, total, torch.ones_like(total))).clamp_(0.0, 1.0)
+        return drawn.mul_(_inverse_keep_prob(p, r))
+
+    def _fast_factor(self, w: torch.Tensor, r: int) -> torch.Tensor:
+        """``mask * scale`` for independent keeps with probability ``q_j``."""
+        total = w.sum(dim=1, keepdim=True)
+        p = (w / torch.where(total > 0, total, torch.ones_like(total))).clamp_(0.0, 1.0)
+        q = _keep_prob(p, r)
+        u = random_tensor("rand", w.shape, generator=self.generator, device=w.device, dtype=w.dtype)
+        keep = u < q  # q = 0 is never kept (u >= 0)
+        scale = _inverse_keep_prob(p, r, q=q)
+        return scale.mul_(keep)
+
+
+def _keep_prob(p: torch.Tensor, r: int) -> torch.Tensor:
+    """``1 - (1 - p)^r`` without cancellation: ``-expm1(r * log1p(-p))`` (p in [0, 1])."""
+    # p = 1 gives log1p(-1) = -inf and q = 1 exactly; p = 0 gives q = 0.
+    return torch.expm1(torch.log1p(-p).mul_(r)).neg_()
+
+
+def _inverse_keep_prob(p: torch.Tensor, r: int, *, q: torch.Tensor | None = None) -> torch.Tensor:
+    """``1 / q`` where ``q > 0`` and 0 where ``q = 0``, finite everywhere."""
+    if q is None:
+        q = _keep_prob(p, r)
+    tiny = torch.finfo(q.dtype).tiny
+    return torch.where(q > 0, q.clamp(min=tiny).reciprocal(), torch.zeros_like(q))
+
+
+# ----------------------------------------------------------------------------------------
+# Putting SAP into a trained model
+# ----------------------------------------------------------------------------------------
+
+
+def relu_layer_names(model: nn.Module) -> list[str]:
+    """Qualified names of the ``nn.ReLU`` modules of ``model``, in registration order.
+
+    For models whose layers are registered in the order they run (every model of
+    :func:`gametheory_defense.models.build_model`, and any ``nn.Sequential``), this is the
+    forward order used by the integer ``layers`` of :func:`apply_sap`.
+    """
+    return [name for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
+
+
+def _is_sap_wrapper(m: nn.Module) -> bool:
+    return (
+        type(m) is nn.Sequential
+        and len(m) == 2
+        and isinstance(m[0], nn.ReLU)
+        and isinstance(m[1], StochasticActivationPruning)
+    )
+
+
+def _shared_generators_memo(model: nn.Module) -> dict[int, object]:
+    """A ``deepcopy`` memo that keeps generators shared instead of cloning their state.
+
+    A cloned generator would replay the same random stream as the original, silently
+    correlating two models that were meant to draw independently.
+    """
+    memo: dict[int, object] = {}
+    for m in model.modules():
+        gen = getattr(m, "generator", None)
+        if isinstance(gen, torch.Generator):
+            memo[id(gen)] = gen
+    return memo
+
+
+def _copy_model(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model, _shared_generators_memo(model))
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def _select_layers(available: list[str], layers: Sequence[str | int] | None) -> list[str]:
+    if layers is None:
+        return list(available)
+    if isinstance(layers, (str, int)):
+        raise ValueError(
+            f"layers must be a list of ReLU names or indices (e.g. [{layers!r}]), got {layers!r}"
+        )
+    chosen: list[str] = []
+    for item in layers:
+        if isinstance(item, bool) or not isinstance(item, (str, int)):
+            raise ValueError(f"layers entries must be ReLU names or integer indices, got {item!r}")
+        if isinstance(item, int):
+            if not -len(available) <= item < len(available):
+                raise ValueError(
+                    f"ReLU index {item} out of range: the model has {len(available)} ReLUs "
+                    f"(indices 0..{len(available) - 1}): {available}"
+                )
+            name = available[item]
+        else:
+            if item not in available:
+                raise ValueError(f"no nn.ReLU named {item!r} in the model; available ReLUs: {available}")
+            name = item
+        if name not in chosen:
+            chosen.append(name)
+    if not chosen:
+        raise ValueError("layers is empty; pass layers=None to put SAP after every ReLU")
+    return [name for name in available if name in chosen]  # forward order
+
+
+def apply_sap(
+    model: nn.Module,
+    frac: float,
+    *,
+    mode: str = "exact",
+    layers: Sequence[str | int] | None = None,
+) -> nn.Module:
+    """Add Stochastic Activation Pruning (Dhillon et al., ICLR 2018) to a trained model.
+
+    Returns a deep copy of ``model`` in which each chosen ``nn.ReLU`` is replaced by
+    ``nn.Sequential(relu, StochasticActivationPruning(frac, mode=mode))``. SAP has no
+    parameters or buffers, so the copy's ``state_dict`` keys equal the original's and base
+    weights load into it unchanged. The original model is not modified; attributes such
+    as ``architecture`` are copied, and generators already attached to stochastic
+    submodules are shared with the copy, not cloned.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A trained model whose activations are ``nn.ReLU`` modules (functional
+        ``F.relu`` calls cannot be found).
+    frac : float
+        Draws per layer as a fraction of its units (see :class:`StochasticActivationPruning`).
+    mode : {"exact", "fast"}, default "exact"
+        Sampling mode.
+    layers : sequence of str or int, optional
+        ReLUs to follow with SAP: qualified module names, or indices into
+        :func:`relu_layer_names` (negative indices count from the end). ``None``: all.
+
+    Returns
+    -------
+    nn.Module
+        The SAP model (same train/eval mode as ``model``).
+
+    Raises
+    ------
+    ValueError
+        Bad ``frac`` or ``mode``; the model has no ``nn.ReLU``; an unknown layer name or
+        index (the message lists the available ones); the model already contains SAP
+        (call :func:`remove_sap` first).
+    """
+    template = StochasticActivationPruning(frac, mode=mode)  # validates frac and mode
+    if any(isinstance(m, StochasticActivationPruning) for m in model.modules()):
+        raise ValueError("model already contains SAP layers; call remove_sap(model) first to change them")
+    available = relu_layer_names(model)
+    if not available:
+        raise ValueError(
+            "model has no nn.ReLU module to put SAP after; build activations as nn.ReLU "
+            "modules (not F.relu), e.g. with gametheory_defense.models.build_model"
+        )
+    chosen = _select_layers(available, layers)
+    out = _copy_model(model)
+    for name in chosen:
+        relu = out.get_submodule(name) if name else out
+        sap = StochasticActivationPruning(template.frac, mode=template.mode)
+        sap.train(relu.training)
+        wrapper = nn.Sequential(relu, sap)
+        wrapper.train(relu.training)
+        if not name:  # the model itself is a ReLU
+            return wrapper
+        _replace(out, name, wrapper)
+    return out
+
+
+def _sap_wrappers(model: nn.Module) -> list[tuple[str, nn.Sequential]]:
+    wrappers = [(name, m) for name, m in model.named_modules() if _is_sap_wrapper(m)]
+    inside = {id(m[1]) for _, m in wrappers}
+    stray = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, StochasticActivationPruning) and id(m) not in inside
+    ]
+    if stray:
+        raise ValueError(
+            f"SAP modules {stray} are not in the nn.Sequential(ReLU, SAP) layout that "
+            "apply_sap creates; rebuild the model with apply_sap"
+        )
+    return wrappers
+
+
+def sap_settings(model: nn.Module) -> dict[str, object] | None:
+    """The SAP settings of a model made by :func:`apply_sap`, for saving it.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any model.
+
+    Returns
+    -------
+    dict or None
+        ``{"frac": float, "mode": str, "layers": [names]}`` where ``layers`` are the
+        names of the wrapped ReLUs in the base model (pass them back to
+        :func:`apply_sap`), or ``None`` when the model has no SAP.
+
+    Raises
+    ------
+    ValueError
+        The SAP layers disagree in ``frac`` or ``mode``, or a SAP module is not in the
+        layout :func:`apply_sap` creates.
+    """
+    wrappers = _sap_wrappers(model)
+    if not wrappers:
+        return None
+    configs = {(m[1].frac, m[1].mode) for _, m in wrappers}
+    if len(configs) > 1:
+        detail = ", ".join(f"{name}: frac={m[1].frac}, mode={m[1].mode}" for name, m in wrappers)
+        raise ValueError(f"SAP layers disagree in frac/mode ({detail}); one setting per model is supported")
+    (frac, mode), = configs
+    return {"frac": frac, "mode": mode, "layers": [name for name, _ in wrappers]}
+
+
+def remove_sap(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with every SAP wrapper replaced by its ReLU.
+
+    The inverse of :func:`apply_sap`: ``remove_sap(apply_sap(m, f))`` has the modules and
+    ``state_dict`` of ``m``. A model without SAP is returned as a plain copy.
+    """
+    wrappers = _sap_wrappers(model)
+    out = _copy_model(model)
+    for name, _ in wrappers:
+        if not name:
+            return out[0]
+        _replace(out, name, out.get_submodule(name)[0])
+    return out
