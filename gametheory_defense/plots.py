@@ -106,7 +106,7 @@ def plot_payoff(
         shrink = 0.75 if strategies is not None else 0.9
         cell = min(width_in * shrink / k, height_in * shrink / n)
         fonts = _fonts(cell, game, fig)
-        depth, pad = "18%", "2%"  # type: ignore[assignment]
+        depth, pad = "25%", "2%"  # type: ignore[assignment]
         cbar_width, cbar_pad = "4%", "3%"  # type: ignore[assignment]
 
     image = ax.imshow(
@@ -132,7 +132,7 @@ def plot_payoff(
         dax.barh(range(n), x, height=0.7, color="tab:blue")
         dax.set_xlim(0.0, 1.0)
         dax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
-        dax.set_xticks([0.0, 0.5, 1.0])
+        dax.set_xticks([0.0, 1.0])
         dax.tick_params(axis="y", left=False, labelleft=False)
         dax.tick_params(axis="x", labelsize=fonts.small)
         dax.set_xlabel("P(defender)", fontsize=fonts.small)
@@ -141,14 +141,14 @@ def plot_payoff(
                 inside = p > 0.6
                 dax.text(
                     p - 0.03 if inside else p + 0.03, i, f"{p:.1%}",
-                    ha="right" if inside else "left", va="center", fontsize=fonts.annot,
+                    ha="right" if inside else "left", va="center", fontsize=fonts.bar,
                     color="white" if inside else "black",
                 )
         tax = divider.append_axes("top", size=depth, pad=pad, sharex=ax)
         tax.bar(range(k), y, width=0.7, color="tab:red")
         tax.set_ylim(0.0, 1.0)
         tax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
-        tax.set_yticks([0.0, 0.5, 1.0])
+        tax.set_yticks([0.0, 1.0])
         tax.tick_params(axis="x", bottom=False, labelbottom=False)
         tax.tick_params(axis="y", labelsize=fonts.small)
         tax.set_ylabel("P(attacker)", fontsize=fonts.small)
@@ -157,7 +157,7 @@ def plot_payoff(
                 inside = q > 0.6
                 tax.text(
                     j, q - 0.04 if inside else q + 0.04, f"{q:.1%}",
-                    ha="center", va="top" if inside else "bottom", fontsize=fonts.annot,
+                    ha="center", va="top" if inside else "bottom", fontsize=fonts.bar,
                     color="white" if inside else "black", rotation=90 if fonts.rotate else 0,
                 )
         top_axes = tax
@@ -256,7 +256,10 @@ def plot_convergence(history: Sequence[Any], ax: Axes | None = None) -> Figure:
 
     handles, labels = ax.get_legend_handles_labels()
     h2, l2 = twin.get_legend_handles_labels()
-    ax.legend(handles + h2, labels + l2, loc="lower right", fontsize="small")
+    ax.legend(
+        handles + h2, labels + l2, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+        ncols=3, fontsize="small", frameon=False,
+    )
     ax.set_title(
         f"double oracle: value {value[-1]:.2%}, gap {high[-1] - low[-1]:.2%} "
         f"after {len(it)} iteration{'s' if len(it) != 1 else ''}"
@@ -272,6 +275,7 @@ class _Fonts:
 
     def __init__(self, tick: float, annot: float, small: float, rotate: bool) -> None:
         self.tick, self.annot, self.small, self.rotate = tick, annot, small, rotate
+        self.bar = min(annot, small)
 
 
 def _text_size(fig: Figure, text: str, fontsize: float) -> tuple[float, float]:

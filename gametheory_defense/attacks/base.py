@@ -56,6 +56,7 @@ __all__ = [
     "random_start",
     "gradient_step",
     "project",
+    "linf_bounds",
     "NORMS",
 ]
 
@@ -68,7 +69,7 @@ _CHECK_EXAMPLES = 8
 #: Constructor arguments that tune memory or speed only; left out of :meth:`Attack.config`.
 _NOT_IN_CONFIG = frozenset({"max_batch"})
 
-A = TypeVar("A", bound="type[Attack]")
+_AttackClass = TypeVar("_AttackClass", bound="type[Attack]")
 
 
 class RandomizedDefenseWarning(UserWarning):
@@ -83,7 +84,7 @@ class ProbabilityOutputWarning(UserWarning):
 ATTACKS: dict[str, type[Attack]] = {}
 
 
-def register_attack(name: str) -> Callable[[A], A]:
+def register_attack(name: str) -> Callable[[_AttackClass], _AttackClass]:
     """Class decorator adding an :class:`Attack` subclass to :data:`ATTACKS` as ``name``.
 
     Sets the class attribute ``name``. Registering a second class under a taken name
@@ -92,7 +93,7 @@ def register_attack(name: str) -> Callable[[A], A]:
     if not isinstance(name, str) or not name:
         raise AttackError(f"an attack's registry name must be a non-empty string, got {name!r}")
 
-    def decorate(cls: A) -> A:
+    def decorate(cls: _AttackClass) -> _AttackClass:
         if not (isinstance(cls, type) and issubclass(cls, Attack)):
             raise AttackError(f"@register_attack({name!r}) must decorate an Attack subclass, got {cls!r}")
         old = ATTACKS.get(name)

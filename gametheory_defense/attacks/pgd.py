@@ -1,0 +1,132 @@
+"""Projected Gradient Descent (Madry et al., 2018) and its EOT form (Athalye et al., 2018)."""
+
+from __future__ import annotations
+
+from gametheory_defense.attacks.base import Attack, register_attack
+from gametheory_defense.attacks.losses import DEFAULT_KAPPA
+
+__all__ = ["PGD", "EOTPGD"]
+
+
+@register_attack("pgd")
+class PGD(Attack):
+    """Projected Gradient Descent (Madry et al., 2018, "Towards deep learning models resistant to adversarial attacks").
+
+    From a random point of the ball (or ``x``), ``steps`` times: take a steepest-ascent
+    step on the loss (``sign`` of the gradient for L-inf, the normalised gradient for
+    L2), then project onto the ``eps``-ball around ``x`` and the box [0, 1]. With
+    ``restarts > 1`` each example keeps its worst case over restarts (a restart that
+    fools it wins, then the highest loss). With ``eot_samples > 1`` every gradient is the
+    EOT average over stochastic forward passes stacked into one batch.
+
+    Parameters
+    ----------
+    eps : float
+        Radius of the threat model in input units (``>= 0``).
+    step_size : float, optional
+        Step length; default ``2.5 * eps / steps`` (Madry et al.'s rule: enough to reach
+        the boundary from any starting point).
+    steps : int
+        Steps per restart.
+    norm : {"linf", "l2"}
+        Threat model.
+    loss : {"ce", "cw"}
+        Cross-entropy or Carlini-Wagner margin (see :mod:`.losses`).
+    random_start : bool
+        Start at a uniformly random point of the ball.
+    restarts : int
+        Independent runs; the per-example worst case is kept.
+    eot_samples : int
+        Stochastic forward passes averaged per gradient.
+    kappa : float
+        Clamp of the ``"cw"`` margin loss.
+    max_batch : int, optional
+        Most rows per forward pass (memory only).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    >>> x, y = torch.rand(5, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1])
+    >>> attack = PGD(0.5, steps=10, norm="l2")
+    >>> attack.step_size
+    0.125
+    >>> x_adv = attack(model, x, y, generator=torch.Generator().manual_seed(0))
+    >>> bool((x_adv - x).flatten(1).norm(dim=1).max() <= 0.5 + 1e-6)
+    True
+    """
+
+    def __init__(
+        self,
+        eps: float,
+        step_size: float | None = None,
+        steps: int = 40,
+        *,
+        norm: str = "linf",
+        loss: str = "ce",
+        random_start: bool = True,
+        restarts: int = 1,
+        eot_samples: int = 1,
+        kappa: float = DEFAULT_KAPPA,
+        max_batch: int | None = None,
+    ) -> None:
+        if step_size is None and isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1:
+            if isinstance(eps, (int, float)) and not isinstance(eps, bool):
+                step_size = 2.5 * eps / steps
+        super().__init__(
+            eps,
+            step_size=step_size,  # type: ignore[arg-type]  # None falls through to validation
+            steps=steps,
+            norm=norm,
+            loss=loss,
+            random_start=random_start,
+            restarts=restarts,
+            eot_samples=eot_samples,
+            kappa=kappa,
+            max_batch=max_batch,
+        )
+
+
+@register_attack("eot-pgd")
+class EOTPGD(PGD):
+    """PGD with Expectation over Transformation (Athalye et al., 2018, "Obfuscated gradients give a false sense of security").
+
+    Exactly :class:`PGD` with ``eot_samples=20`` by default: every gradient is averaged
+    over 20 stochastic forward passes, the attack to use against randomized defenses
+    such as Stochastic Activation Pruning. With ``eot_samples=1`` it is PGD.
+
+    Parameters
+    ----------
+    eps, step_size, steps, norm, loss, random_start, restarts, kappa, max_batch
+        As for :class:`PGD`.
+    eot_samples : int
+        Stochastic forward passes averaged per gradient (default 20).
+    """
+
+    def __init__(
+        self,
+        eps: float,
+        step_size: float | None = None,
+        steps: int = 40,
+        *,
+        norm: str = "linf",
+        loss: str = "ce",
+        random_start: bool = True,
+        restarts: int = 1,
+        eot_samples: int = 20,
+        kappa: float = DEFAULT_KAPPA,
+        max_batch: int | None = None,
+    ) -> None:
+        super().__init__(
+            eps,
+            step_size,
+            steps,
+            norm=norm,
+            loss=loss,
+            random_start=random_start,
+            restarts=restarts,
+            eot_samples=eot_samples,
+            kappa=kappa,
+            max_batch=max_batch,
+        )

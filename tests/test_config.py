@@ -1,0 +1,86 @@
+"""The TOML run configuration: every bad key or value is named in a one-line error."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from gametheory_defense.config import defender_names, load_config, parse_config
+from gametheory_defense.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "examples" / "digits.toml"
+
+
+def raw_digits() -> dict:
+    return tomllib.loads(DIGITS.read_text())
+
+
+def test_example_configs_load():
+    cfg = load_config(DIGITS)
+    assert cfg.data.dataset == "digits"
+    assert [m.name for m in cfg.models] == ["standard", "pgd-at"]
+    assert defender_names(cfg) == [
+        "standard", "standard+sap0.5", "standard+sap1", "standard+sap2",
+        "pgd-at", "pgd-at+sap0.5", "pgd-at+sap1", "pgd-at+sap2",
+    ]
+    assert cfg.attackers[1].params == {"eps": 0.05, "steps": 10}
+    for path in sorted((ROOT / "examples").glob("*.toml")):
+        load_config(path)
+
+
+def test_packaged_demo_config_is_the_example():
+    from gametheory_defense.cli.demo import demo_config_path
+
+    assert demo_config_path().read_text() == DIGITS.read_text()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda r: r.update(bogus={}), "unknown section 'bogus'"),
+        (lambda r: r["data"].update(eval_sise=3), "data: unknown key 'eval_sise'"),
+        (lambda r: r["data"].update(dataset="imagenet"), "data.dataset"),
+        (lambda r: r["data"].update(eval_size=0), "data.eval_size"),
+        (lambda r: r["models"][0].update(epochs="ten"), "models[0].epochs"),
+        (lambda r: r["models"][1].update(method="trades"), "models.method"),
+        (lambda r: r["models"][0].update(architecture="vgg"), "models[0].architecture"),
+        (lambda r: r["models"][0].update(lr=-1.0), "models[0].lr"),
+        (lambda r: r["models"][1].update(name="standard"), "duplicate name 'standard'"),
+        (lambda r: r["models"][0].update(name="mixture"), "reserved"),
+        (lambda r: r["defenders"].update(sap_fracs=[0.5, -1.0]), "defenders.sap_fracs[1]"),
+        (lambda r: r["defenders"].update(sap_mode="slow"), "defenders.sap_mode"),
+        (lambda r: r["attackers"][0].update(attack="deepfool"), "attackers[0].attack"),
+        (lambda r: r["attackers"][1].update(steps=0), "attackers[1]"),
+        (lambda r: r["attackers"][1].update(stpes=3), "attackers[1]"),
+        (lambda r: r["game"].update(formulation="cooperative"), "game.formulation"),
+        (lambda r: r["game"].update(solver="magic"), "game.solver"),
+        (lambda r: r["game"].update(select="best"), "game.select"),
+        (lambda r: r["game"].update(repeats=0), "game.repeats"),
+        (lambda r: r["evaluation"].update(suite="weak"), "evaluation.suite"),
+        (lambda r: r["evaluation"].update(eps=float("nan")), "evaluation.eps"),
+        (lambda r: r["double_oracle"].update(max_iterations=0), "double_oracle.max_iterations"),
+        (lambda r: r["double_oracle"].update(attack="nope"), "double_oracle.attack"),
+        (lambda r: r.pop("attackers"), "attackers"),
+        (lambda r: r.pop("models"), "models"),
+    ],
+)
+def test_bad_config_names_the_key(mutate, needle):
+    raw = raw_digits()
+    mutate(raw)
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    message = str(info.value)
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_load_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[data\nx=1")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(bad)
