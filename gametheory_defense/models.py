@@ -160,7 +160,9 @@ class SmallCNN(nn.Sequential):
 
 
 class MadryCNN(nn.Sequential):
-    """The MNIST-challenge network of Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks" (ICLR 2018).
+    """The MNIST-challenge CNN of Madry et al., "Towards Deep Learning Models ..." (ICLR 2018).
+
+    From "Towards Deep Learning Models Resistant to Adversarial Attacks".
 
     Conv 5x5x32 (pad 2) -> ReLU -> MaxPool 2 -> Conv 5x5x64 (pad 2) -> ReLU -> MaxPool 2
     -> Flatten -> FC 1024 -> ReLU -> FC num_classes. For 1x28x28 inputs and 10 classes it
@@ -190,7 +192,7 @@ class MadryCNN(nn.Sequential):
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation basic block of He et al., "Identity Mappings in Deep Residual Networks" (ECCV 2016).
+    """Pre-activation basic block of He et al., "Identity Mappings in Deep ResNets" (ECCV 2016).
 
     BN -> ReLU -> Conv 3x3 (stride) -> BN -> ReLU -> Conv 3x3, plus the shortcut. When the
     block changes resolution or width, the shortcut is a 1x1 convolution applied to the
@@ -224,7 +226,7 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet18(nn.Module):
-    """Pre-activation ResNet-18 of He et al., "Identity Mappings in Deep Residual Networks" (ECCV 2016).
+    """Pre-activation ResNet-18 of He et al., "Identity Mappings in Deep ResNets" (ECCV 2016).
 
     The CIFAR variant: Normalize (CIFAR-10 mean/std) -> Conv 3x3x64 -> four stages of two
     :class:`PreActBlock` each (64, 128, 256, 512 channels; strides 1, 2, 2, 2) -> BN ->

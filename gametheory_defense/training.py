@@ -508,7 +508,7 @@ def train(
         "seed": int(generator.initial_seed()) if generator is not None else None,
         "train_size": int(n),
         "dataset": getattr(dataset, "name", None),
-        "eval_attack": eval_attack.config() if eval_attack is not None and hasattr(eval_attack, "config") else None,
+        "eval_attack": eval_attack.config() if eval_xy is not None and eval_attack is not None else None,
     }
     log.info("training %s: %s", type(model).__name__, settings)
 

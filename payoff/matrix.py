@@ -111,9 +111,11 @@ def _coerce_2d(
                 f"{what} must be 2-D (defenders x attackers), got an array of shape {data.shape}"
             )
         if integer and data.dtype.kind == "f":
-            for i, j in zip(*np.nonzero(~np.isfinite(data) | (data != np.round(data))), strict=True):
+            bad = ~np.isfinite(data) | (data != np.round(data))
+            if bad.any():
+                i, j = (int(t[0]) for t in np.nonzero(bad))
                 raise PayoffError(
-                    f"{_cell(int(i), int(j), rows, cols)}: {what} must be whole numbers, "
+                    f"{_cell(i, j, rows, cols)}: {what} must be whole numbers, "
                     f"got {float(data[i, j])!r}"
                 )
         if data.size == 0:
@@ -608,7 +610,8 @@ class PayoffMatrix:
         return self.equals(other)
 
     def __hash__(self) -> int:
-        return hash((self.defenders, self.attackers, self.values.tobytes()))
+        # + 0.0 maps -0.0 to 0.0, which compare equal
+        return hash((self.defenders, self.attackers, (self.values + 0.0).tobytes()))
 
     def __repr__(self) -> str:
         extras = [

@@ -97,13 +97,23 @@ def register_attack(name: str) -> Callable[[_AttackClass], _AttackClass]:
         if not (isinstance(cls, type) and issubclass(cls, Attack)):
             raise AttackError(f"@register_attack({name!r}) must decorate an Attack subclass, got {cls!r}")
         old = ATTACKS.get(name)
-        if old is not None and old.__qualname__ != cls.__qualname__:
-            raise AttackError(f"attack name {name!r} is already registered by {old.__qualname__}")
+        if old is not None and _qualified(old) != _qualified(cls):  # re-importing a module is fine
+            raise AttackError(f"attack name {name!r} is already registered by {_qualified(old)}")
+        own = cls.__dict__.get("name")
+        if own and own != name:
+            raise AttackError(
+                f"{_qualified(cls)} is already registered as {own!r}; register a subclass per name "
+                "(one that changes the defaults, like EOTPGD)"
+            )
         cls.name = name
         ATTACKS[name] = cls
         return cls
 
     return decorate
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _init_parameters(cls: type[Attack]) -> dict[str, inspect.Parameter]:
@@ -245,7 +255,10 @@ def eot_gradient(
     grads, losses, logits = [], [], []
     for a, b in slices:
         xs, ys = x[a:b], y[a:b]
-        parts = [_eot_chunk(model, xs, ys, loss_fn, min(per_chunk, s_total - s), s_total) for s in range(0, s_total, per_chunk)]
+        parts = [
+            _eot_chunk(model, xs, ys, loss_fn, min(per_chunk, s_total - s), s_total)
+            for s in range(0, s_total, per_chunk)
+        ]
         grads.append(torch.stack([p.grad for p in parts]).sum(0))
         losses.append(torch.stack([p.loss for p in parts]).sum(0))
         logits.append(torch.stack([p.logits for p in parts]).sum(0))
@@ -439,8 +452,8 @@ class Attack:
         max_batch: int | None = None,
     ) -> None:
         self.eps = _check_real("eps", eps, minimum=0.0, strict=False)
-        self.step_size = _check_real("step_size", step_size, minimum=0.0, strict=self.eps > 0)
         self.steps = _check_int("steps", steps, minimum=1)
+        self.step_size = _check_real("step_size", step_size, minimum=0.0, strict=self.eps > 0)
         self.norm = _check_choice("norm", norm, self.norm_choices)
         self.loss = _check_choice("loss", loss, self.loss_choices)
         if not isinstance(random_start, bool):
@@ -608,7 +621,8 @@ class Attack:
             lo, hi = torch.aminmax(x)
             if not (lo.item() >= 0.0 and hi.item() <= 1.0):
                 raise AttackError(
-                    f"x must lie in [0, 1] (normalise inside the model), got values in [{lo.item():.4g}, {hi.item():.4g}]"
+                    "x must lie in [0, 1] (normalise inside the model), "
+                    f"got values in [{lo.item():.4g}, {hi.item():.4g}]"
                 )
         return x, y.detach().long()
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import numbers
+from typing import Any
+
 from gametheory_defense.attacks.base import Attack, register_attack
 from gametheory_defense.attacks.losses import DEFAULT_KAPPA
 
 __all__ = ["PGD", "EOTPGD"]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 @register_attack("pgd")
@@ -71,9 +78,8 @@ class PGD(Attack):
         kappa: float = DEFAULT_KAPPA,
         max_batch: int | None = None,
     ) -> None:
-        if step_size is None and isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1:
-            if isinstance(eps, (int, float)) and not isinstance(eps, bool):
-                step_size = 2.5 * eps / steps
+        if step_size is None and _is_number(eps) and _is_number(steps) and steps >= 1:
+            step_size = 2.5 * float(eps) / int(steps)  # invalid eps/steps are reported by the base
         super().__init__(
             eps,
             step_size=step_size,  # type: ignore[arg-type]  # None falls through to validation
@@ -90,7 +96,7 @@ class PGD(Attack):
 
 @register_attack("eot-pgd")
 class EOTPGD(PGD):
-    """PGD with Expectation over Transformation (Athalye et al., 2018, "Obfuscated gradients give a false sense of security").
+    """PGD with Expectation over Transformation (Athalye et al., 2018, "Obfuscated gradients ...").
 
     Exactly :class:`PGD` with ``eot_samples=20`` by default: every gradient is averaged
     over 20 stochastic forward passes, the attack to use against randomized defenses

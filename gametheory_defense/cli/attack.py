@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 
 __all__ = ["register", "run", "NON_EOT_WARNING"]
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     """Load, (optionally) add SAP, attack, print accuracies."""
     import torch
 
-    from gametheory_defense.attacks import build_attack
+    from gametheory_defense.attacks import RandomizedDefenseWarning, build_attack
     from gametheory_defense.checkpoint import load_checkpoint, read_metadata
     from gametheory_defense.data import load_dataset
     from gametheory_defense.errors import ConfigError
@@ -95,16 +96,19 @@ def run(args: argparse.Namespace) -> int:
 
     from gametheory_defense.stochastic import is_stochastic
 
-    randomized = is_stochastic(ckpt.model)
     eot = getattr(attack, "eot_samples", None) or args.eot_samples or 1
-    if randomized and eot <= 1:
+    warned = is_stochastic(ckpt.model) and eot <= 1
+    if warned:
         print(NON_EOT_WARNING, file=sys.stderr)
 
     clean_gen = torch.Generator().manual_seed(args.seed)
     attack_gen = torch.Generator().manual_seed(args.seed + 1)
     clean = accuracy(ckpt.model, test_set, batch_size=args.batch_size, device=args.device, generator=clean_gen)
-    adv = accuracy(ckpt.model, test_set, attack=attack, batch_size=args.batch_size, device=args.device,
-                   generator=attack_gen, progress=not args.no_progress)
+    with warnings.catch_warnings():
+        if warned:  # said once above, in CLI terms; the attack would repeat it for every batch
+            warnings.simplefilter("ignore", RandomizedDefenseWarning)
+        adv = accuracy(ckpt.model, test_set, attack=attack, batch_size=args.batch_size, device=args.device,
+                       generator=attack_gen, progress=not args.no_progress)
     settings = ", ".join(f"{k}={v}" for k, v in sorted(_attack_kwargs(args).items()))
     sap_note = "" if args.sap_frac is None else f", SAP frac={args.sap_frac:g} mode={args.sap_mode}"
     n = len(test_set.labels)
