@@ -153,7 +153,7 @@ class MixedStrategyModel(StochasticModule):
     >>> mix = MixedStrategyModel([a, b], [0.25, 0.75], names=["a", "b"])
     >>> mix.strategy.tolist(), mix.names
     ([0.25, 0.75], ('a', 'b'))
-    >>> mix(torch.zeros(5, 4), ).shape
+    >>> mix(torch.zeros(5, 4)).shape
     torch.Size([5, 3])
     """
 

@@ -149,85 +149,230 @@ class StochasticActivationPruning(StochasticModule):
         Returns
         -------
         torch.Tensor
-            ``q`` with the shape of ``h`` (float32, or float64 for float64 input), in [0, 1];
-            0 exactly where ``h`` is 0. Computed from the analytic ``p`` (not from the
-            cumulative sum used for sampling in ``exact`` mode).
+            ``q`` with the shape of ``h`` (float32, or float64 for float64 input), in
+            [0, 1]; 0 exactly where ``h`` is 0. Both modes keep unit ``j`` with this
+            probability and scale it by ``1 / q_j``.
         """
-        flat = self._flat_magnitudes(h)
-        n = flat.shape[1]
-        total = flat.sum(dim=1, keepdim=True)
-        p = flat / torch.where(total > 0, total, torch.ones_like(total))
-        return _keep_prob(p, self.num_draws(n)).reshape(h.shape)
-
-    @staticmethod
-    def _flat_magnitudes(h: torch.Tensor) -> torch.Tensor:
-        """``|h|`` detached, flattened to ``(B, n)``, divided by its row maximum (in [0, 1])."""
-        if h.dim() == 0:
-            raise ValueError("SAP needs a batched tensor of shape (B, *), got a scalar")
-        dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
-        a = h.detach().reshape(h.shape[0], -1).abs().to(dtype)
-        peak = a.amax(dim=1, keepdim=True)
-        return a / torch.where(peak > 0, peak, torch.ones_like(peak))
+        p = _unit_probabilities(h)
+        return _keep_prob(p, self.num_draws(p.shape[1])).reshape(h.shape)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """Prune and rescale ``h``; the identity when ``stochastic`` is ``False``."""
         if not self.stochastic or h.numel() == 0:
             return h
-        w = self._flat_magnitudes(h)  # (B, n), in [0, 1]
-        batch, n = w.shape
-        r = self.num_draws(n)
+        p = _unit_probabilities(h)  # (B, n), detached, rows sum to 1 (or are all 0)
+        r = self.num_draws(p.shape[1])
+        q = _keep_prob(p, r)
         if self.mode == "exact":
-            factor = self._exact_factor(w, r)
+            keep = _draw_hits(p, r, generator=self.generator)
         else:
-            factor = self._fast_factor(w, r)
+            u = random_tensor("rand", p.shape, generator=self.generator, device=p.device, dtype=p.dtype)
+            keep = u < q  # q = 0 (a zero unit) is never kept, since u >= 0
+            del u
+        # mask * scale, finite everywhere: 1/q only where kept (q > 0 there).
+        factor = q.clamp_min_(torch.finfo(q.dtype).tiny).reciprocal_().mul_(keep)
         factor = factor.reshape(h.shape)
         if factor.dtype != h.dtype:
             # Rescale in the (wider) probability dtype, then return in the input's dtype.
             return (h.to(factor.dtype) * factor).to(h.dtype)
         return h * factor
 
-    def _exact_factor(self, w: torch.Tensor, r: int) -> torch.Tensor:
-        """``mask * scale`` for ``r`` draws with replacement (inverse-CDF sampling)."""
-        batch, n = w.shape
-        cdf = torch.cumsum(w, dim=1)
-        total = cdf[:, -1:]
-        u = random_tensor("rand", (batch, r), generator=self.generator, device=w.device, dtype=w.dtype)
-        u.mul_(total)
-        # First index with cdf > u: unit j is drawn iff cdf[j-1] <= u < cdf[j], so units
-        # with zero mass (an empty interval) are never drawn.
-        idx = torch.searchsorted(cdf, u, right=True).clamp_(max=n - 1)
-        del u
-        drawn = torch.zeros((batch, n), dtype=w.dtype, device=w.device)
-        drawn.scatter_(1, idx, 1.0)
-        del idx
-        # Probabilities from the very cumulative sum that was searched.
-        mass = torch.diff(cdf, dim=1, prepend=torch.zeros_like(total))
-        p = mass.div_(torch.where(total > 0, total, torch.ones_like(total))).clamp_(0.0, 1.0)
-        return drawn.mul_(_inverse_keep_prob(p, r))
 
-    def _fast_factor(self, w: torch.Tensor, r: int) -> torch.Tensor:
-        """``mask * scale`` for independent keeps with probability ``q_j``."""
-        total = w.sum(dim=1, keepdim=True)
-        p = (w / torch.where(total > 0, total, torch.ones_like(total))).clamp_(0.0, 1.0)
-        q = _keep_prob(p, r)
-        u = random_tensor("rand", w.shape, generator=self.generator, device=w.device, dtype=w.dtype)
-        keep = u < q  # q = 0 is never kept (u >= 0)
-        scale = _inverse_keep_prob(p, r, q=q)
-        return scale.mul_(keep)
+def _unit_probabilities(h: torch.Tensor) -> torch.Tensor:
+    """``p = |h| / sum |h|`` per example, detached, flattened to ``(B, n)``.
+
+    Computed in float32 (float64 for float64 input) after dividing by the row maximum, so
+    no intermediate overflows; ``p <= 1`` exactly (correctly rounded division of
+    ``w <= sum w``). All-zero rows give ``p = 0``.
+    """
+    if h.dim() == 0:
+        raise ValueError("SAP needs a batched tensor of shape (B, *), got a scalar")
+    dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
+    a = h.detach().reshape(h.shape[0], -1).to(dtype).abs()
+    peak = a.amax(dim=1, keepdim=True)
+    a.div_(torch.where(peak > 0, peak, torch.ones_like(peak)))
+    total = a.sum(dim=1, keepdim=True)
+    return a.div_(torch.where(total > 0, total, torch.ones_like(total)))
 
 
 def _keep_prob(p: torch.Tensor, r: int) -> torch.Tensor:
-    """``1 - (1 - p)^r`` without cancellation: ``-expm1(r * log1p(-p))`` (p in [0, 1])."""
+    """``1 - (1 - p)^r`` without cancellation: ``-expm1(r * log1p(-p))`` for p in [0, 1]."""
     # p = 1 gives log1p(-1) = -inf and q = 1 exactly; p = 0 gives q = 0.
-    return torch.expm1(torch.log1p(-p).mul_(r)).neg_()
+    return torch.neg(p).log1p_().mul_(r).expm1_().neg_()
 
 
-def _inverse_keep_prob(p: torch.Tensor, r: int, *, q: torch.Tensor | None = None) -> torch.Tensor:
-    """``1 / q`` where ``q > 0`` and 0 where ``q = 0``, finite everywhere."""
-    if q is None:
-        q = _keep_prob(p, r)
-    tiny = torch.finfo(q.dtype).tiny
-    return torch.where(q > 0, q.clamp(min=tiny).reciprocal(), torch.zeros_like(q))
+# ----------------------------------------------------------------------------------------
+# Exact sampling: which units do r draws with replacement hit?
+# ----------------------------------------------------------------------------------------
+
+#: Below this many draws (or on accelerators) the plain inverse-CDF sampler is used.
+_POISSON_MIN_DRAWS = 256
+#: Poisson rates above this are sampled by ``torch.poisson`` instead of inverse CDF.
+_HEAVY_RATE = 16.0
+#: The Poisson stage uses ``lambda = r - DEFICIT_SIGMAS * sqrt(r)`` draws on average.
+_DEFICIT_SIGMAS = 3.0
+#: Inverse-CDF Poisson levels beyond this are not examined (probability < 1e-30).
+_MAX_LEVEL = 96
+
+
+def _draw_hits(
+    p: torch.Tensor,
+    r: int,
+    *,
+    generator: torch.Generator | None,
+    method: str = "auto",
+    deficit_sigmas: float = _DEFICIT_SIGMAS,
+) -> torch.Tensor:
+    """Which units ``r`` i.i.d. draws from each row of ``p`` hit at least once.
+
+    Two exact samplers of the same law (the support of ``Multinomial(r, p)``):
+
+    ``"direct"``
+        Inverse-CDF sampling: ``r`` uniforms per row located in the row's cumulative
+        sum with ``torch.searchsorted``; ``O(B (n + r log n))``. Fast on accelerators,
+        but about 60 ns per draw on one CPU thread (unpredictable branches).
+    ``"poisson"``
+        Poissonisation with a deficit: with ``lambda = r - c sqrt(r)``, draw independent
+        counts ``N_j ~ Poisson(lambda p_j)`` (elementwise, mostly from one uniform each by
+        inverse CDF) and their total ``T``. Given ``T = t``, ``N`` is
+        ``Multinomial(t, p)``, so adding ``r - t`` further draws by the direct sampler
+        gives exactly ``Multinomial(r, p)``. Rows with ``T > r`` (probability about
+        ``Phi(-c)``) are redrawn by the direct sampler, which leaves the law unchanged.
+        Only about ``2 c sqrt(r)`` binary searches per row remain.
+
+    ``"auto"`` uses ``"poisson"`` on the CPU for ``r >= 256`` and ``"direct"`` otherwise.
+
+    Parameters
+    ----------
+    p : torch.Tensor
+        ``(B, n)`` probabilities, rows summing to 1 or all zero (then nothing is hit).
+    r : int
+        Draws per row.
+    generator : torch.Generator or None
+        Source of randomness (may live on another device than ``p``).
+    method : {"auto", "direct", "poisson"}
+        Sampler.
+    deficit_sigmas : float
+        ``c`` above (``"poisson"`` only).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, n)`` bool; never true where ``p`` is 0; at most ``r`` true per row.
+    """
+    if method == "auto":
+        method = "poisson" if p.device.type == "cpu" and r >= _POISSON_MIN_DRAWS else "direct"
+    if method not in ("direct", "poisson"):
+        raise ValueError(f"unknown SAP sampler {method!r}; use 'auto', 'direct' or 'poisson'")
+    cdf = torch.cumsum(p, dim=1)
+    lam = r - deficit_sigmas * math.sqrt(r)
+    if method == "direct" or lam <= 0:
+        return _inverse_cdf_hits(cdf, r, None, generator=generator)
+    hits, total = _poisson_hits(p, lam, generator=generator)
+    deficit = total.neg_().add_(r)  # draws still to make, per row
+    fix = int(deficit.max().item())
+    if fix > 0:
+        hits |= _inverse_cdf_hits(cdf, fix, deficit.clamp(min=0), generator=generator)
+    over = (deficit < 0).nonzero().squeeze(1)
+    if over.numel():  # T > r: redraw those rows from scratch
+        hits[over] = _inverse_cdf_hits(cdf[over], r, None, generator=generator)
+    return hits
+
+
+def _inverse_cdf_hits(
+    cdf: torch.Tensor,
+    draws: int,
+    per_row: torch.Tensor | None,
+    *,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Units hit by ``draws`` (or ``per_row[i] <= draws``) inverse-CDF draws per row.
+
+    The uniforms of a row are generated already sorted, from normalised cumulative sums
+    of exponential spacings (``U_(k) = S_k / S_{d+1}``, ``S_k = E_1 + ... + E_k``), which
+    makes the binary searches of ``torch.searchsorted`` about twice as fast on a CPU
+    (predictable branches) and lets each row take its own number ``d`` of draws.
+    """
+    batch, n = cdf.shape
+    total = cdf[:, -1:]
+    spacing = random_tensor("rand", (batch, draws + 1), generator=generator, device=cdf.device, dtype=cdf.dtype)
+    cumulative = spacing.neg_().log1p_().cumsum_(dim=1)  # -S_k, decreasing (E_k = -log(1 - v))
+    last = cumulative[:, -1:] if per_row is None else cumulative.gather(1, per_row.unsqueeze(1))
+    u = torch.div(cumulative[:, :draws], last).mul_(total)  # sorted uniforms on [0, total]
+    # First index with cdf > u: unit j is drawn iff cdf[j-1] <= u < cdf[j], so units with
+    # zero mass (an empty interval) are never drawn. u == total (rounding) and all-zero
+    # rows give index n: a spare column that is dropped.
+    idx = torch.searchsorted(cdf, u, right=True)
+    del spacing, cumulative, u
+    if per_row is not None:
+        unused = torch.arange(draws, device=cdf.device) >= per_row.unsqueeze(1)
+        idx.masked_fill_(unused, n)
+    hits = torch.zeros((batch, n + 1), dtype=torch.bool, device=cdf.device)
+    hits.scatter_(1, idx, True)
+    return hits[:, :n]
+
+
+def _count(mask: torch.Tensor) -> torch.Tensor:
+    """Number of true entries per row of a 2-D bool tensor, as int64."""
+    return mask.view(torch.uint8).sum(dim=1, dtype=torch.int64)
+
+
+def _poisson_hits(
+    p: torch.Tensor, lam: float, *, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N >= 1, sum N)`` per row for independent ``N_j ~ Poisson(lam * p_j)``.
+
+    ``N_j`` is the inverse CDF of one uniform ``u_j``: ``N_j >= k + 1`` iff
+    ``u_j >= P(N_j <= k)``. Levels 0 and 1 are evaluated for all units in ``p``'s dtype;
+    higher levels only for the units still undecided, in float64. Rates above
+    ``_HEAVY_RATE`` are sampled by ``torch.poisson`` instead.
+    """
+    batch, n = p.shape
+    neg_mu = p * (-lam)
+    cdf0 = torch.exp(neg_mu)  # P(N = 0)
+    u = random_tensor("rand", p.shape, generator=generator, device=p.device, dtype=p.dtype)
+    hits = u >= cdf0  # N >= 1
+    two = u >= torch.rsub(neg_mu, 1.0).mul_(cdf0)  # N >= 2: u >= P(N <= 1) = e^-mu (1 + mu)
+    del cdf0
+    flat_mu, flat_u = neg_mu.view(-1), u.view(-1)
+    if lam * float(p.amax()) > _HEAVY_RATE:
+        heavy = neg_mu < -_HEAVY_RATE
+        two &= ~heavy
+        where = heavy.view(-1).nonzero().squeeze(1)
+        counts = _poisson(flat_mu.index_select(0, where).neg().double(), generator=generator)
+        hits.view(-1).index_fill_(0, where, False)
+        hits.view(-1).index_put_((where,), counts > 0)
+        total = _count(hits) + _count(two)
+        total.index_add_(0, where.div(n, rounding_mode="floor"), counts.long() - (counts > 0).long())
+    else:
+        total = _count(hits) + _count(two)
+
+    # Units with N >= 2 and a light rate: walk up the CDF in float64 until it passes u.
+    where = two.view(-1).nonzero().squeeze(1)
+    rows = where.div(n, rounding_mode="floor")
+    mu = flat_mu.index_select(0, where).neg_().double()
+    uu = flat_u.index_select(0, where).double()
+    term = torch.exp(-mu).mul_(mu)  # P(N = 1)
+    cdf_k = torch.exp(-mu).add_(term)  # P(N <= 1)
+    beyond = []
+    for k in range(2, _MAX_LEVEL):
+        if rows.numel() == 0:
+            break
+        term.mul_(mu).div_(k)  # P(N = k)
+        cdf_k.add_(term)
+        more = torch.ge(uu, cdf_k).nonzero().squeeze(1)  # N >= k + 1
+        rows, mu, uu, term, cdf_k = (t.index_select(0, more) for t in (rows, mu, uu, term, cdf_k))
+        beyond.append(rows)
+    if beyond:
+        total += torch.bincount(torch.cat(beyond), minlength=batch)
+    return hits, total
+
+
+def _poisson(rates: torch.Tensor, *, generator: torch.Generator | None) -> torch.Tensor:
+    """``torch.poisson`` drawn on the generator's device (like ``random_tensor``)."""
+    if generator is None or generator.device.type == rates.device.type:
+        return torch.poisson(rates, generator=generator)
+    return torch.poisson(rates.to(generator.device), generator=generator).to(rates.device)
 
 
 # ----------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -479,6 +479,7 @@ def build_payoff_matrix(
             raise ValueError(f"attacker {name!r}: config() is not JSON-serialisable ({exc})") from None
 
     x, y = as_tensors(data)
+    x, y = x.detach().cpu(), y.detach().cpu()  # batches are moved to `device` as they are used
     n = int(x.shape[0])
     digest = data_digest(x, y)
     settings = BuildSettings(seed=seed, batch_size=batch_size, device=str(device))

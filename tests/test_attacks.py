@@ -42,6 +42,10 @@ SMALL_SETTINGS: dict[str, dict[str, Any]] = {
     "fgsm": {},
     "pgd": {"steps": 4, "restarts": 2},
     "eot-pgd": {"steps": 3, "eot_samples": 3},
+    "mixture-pgd": {"steps": 3, "eot_samples": 3},
+    "arc": {"steps": 2, "eot_samples": 2},
+    "apgd-ce": {"steps": 5, "eot_samples": 2},
+    "apgd-dlr": {"steps": 5, "eot_samples": 2},
 }
 EPS = {"linf": 0.1, "l2": 0.5}
 SHAPE = (1, 4, 4)

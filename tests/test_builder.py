@@ -187,23 +187,25 @@ def _cells(store_dir: Path) -> list[Path]:
 
 def test_sigkill_then_resume_recomputes_only_missing_cells(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, str(WORKER), str(tmp_path), "--pause", "0.5"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    log_path = tmp_path / "worker.log"
     store_dir = tmp_path / "store"
     total = 3 * 2 + 3  # adversarial cells + clean cells
-    deadline = time.monotonic() + 120
-    try:
-        while not _cells(store_dir):
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.monotonic() < deadline, "worker wrote no cell in time"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-        if proc.stderr:
-            proc.stderr.close()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(WORKER), str(tmp_path), "--pause", "0.5"],
+            env=env, stdout=subprocess.DEVNULL, stderr=log,
+        )
+        deadline = time.monotonic() + 120
+        try:
+            while not _cells(store_dir):
+                assert proc.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "worker wrote no cell in time"
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "done").exists()
     present = len(_cells(store_dir))

@@ -31,6 +31,9 @@ from gametheory_defense.attacks.losses import DEFAULT_KAPPA, LOSSES, ce_loss, cw
 # attack modules (each registers its classes on import)
 from gametheory_defense.attacks.fgsm import FGSM
 from gametheory_defense.attacks.pgd import EOTPGD, PGD
+from gametheory_defense.attacks.mixture import MixturePGD
+from gametheory_defense.attacks.arc import ARC
+from gametheory_defense.attacks.apgd import APGD, APGDCE, APGDDLR
 
 __all__ = [
     "Attack",

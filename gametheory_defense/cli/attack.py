@@ -19,7 +19,7 @@ NON_EOT_WARNING = (
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``attack`` subcommand."""
-    from gametheory_defense.attacks import ATTACKS
+    from gametheory_defense.attacks import ATTACKS, LOSSES, NORMS
     from gametheory_defense.data import DATASETS
 
     p = subparsers.add_parser(
@@ -36,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--eps", type=float, default=0.3, help="attack radius in [0,1] input units (default 0.3)")
     p.add_argument("--steps", type=int, default=None, help="iterations (default: the attack's)")
     p.add_argument("--step-size", type=float, default=None, help="step size (default: the attack's)")
-    p.add_argument("--norm", default=None, help="threat model norm, e.g. linf or l2 (default: the attack's)")
-    p.add_argument("--loss", default=None, help="attack loss, e.g. ce or cw (default: the attack's)")
+    p.add_argument("--norm", default=None, choices=list(NORMS), help="threat model (default: the attack's)")
+    p.add_argument("--loss", default=None, choices=sorted(LOSSES), help="loss to maximise (default: the attack's)")
     p.add_argument("--restarts", type=int, default=None, help="random restarts (default: the attack's)")
     p.add_argument("--eot-samples", type=int, default=None,
                    help="gradient samples per step (Expectation over Transformation; default: the attack's)")

@@ -96,8 +96,10 @@ def run(args: argparse.Namespace) -> int:
     n_eval = len(test_set.labels)
     clean = accuracy(model, test_set, batch_size=max(args.batch_size, 256), device=args.device)
     metrics: dict[str, object] = {"clean_accuracy": clean, "eval_size": n_eval, "eval_split": "test"}
-    summary = f"{args.model} on {args.dataset} ({args.method}, {args.epochs} epochs, {result.seconds:.1f}s): " \
-              f"clean accuracy {clean:.4f}"
+    summary = (
+        f"{args.model} on {args.dataset} ({args.method}, {args.epochs} epochs, {result.seconds:.1f}s): "
+        f"clean accuracy {clean:.4f}"
+    )
     if args.method == "pgd-at":
         attack = default_eval_attack(args.eps, steps=args.eval_steps)
         robust = accuracy(model, test_set, attack=attack, batch_size=args.batch_size, device=args.device,

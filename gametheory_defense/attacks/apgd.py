@@ -1,0 +1,276 @@
+"""Auto-PGD with the cross-entropy and DLR losses (Croce & Hein, ICML 2020), with EOT.
+
+Croce & Hein ("Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks", 2020, Algorithm 1) replace PGD's fixed step by a budget-aware
+schedule. With ``N`` iterations:
+
+- checkpoints ``w_j = ceil(p_j N)`` with ``p_0 = 0``, ``p_1 = 0.22`` and
+  ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)`` (:func:`apgd_checkpoints`);
+- the first step is a plain projected step of size ``eta = 2 eps``; later steps add
+  momentum, ``z = P(x_k + eta * s(grad))``,
+  ``x_{k+1} = P(x_k + alpha (z - x_k) + (1 - alpha)(x_k - x_{k-1}))`` with
+  ``alpha = 0.75`` (``s`` is ``sign`` for L-inf, the normalised gradient for L2);
+- at each checkpoint ``w_j`` the step of an example is halved, and its iterate reset to
+  the best point found so far, when (1) its loss increased at fewer than
+  ``rho = 0.75`` of the steps since ``w_{j-1}``, or (2) its step was not halved at
+  ``w_{j-1}`` and its best loss has not improved since.
+
+Everything is per example. With ``eot_samples > 1`` every loss and gradient is the EOT
+average over stochastic forward passes (the ``rand`` version of AutoAttack uses 20).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gametheory_defense.attacks.base import (
+    Attack,
+    eot_gradient,
+    linf_bounds,
+    project,
+    random_start,
+    register_attack,
+)
+from gametheory_defense.attacks.losses import DEFAULT_KAPPA
+from gametheory_defense.errors import AttackError
+
+__all__ = ["APGD", "APGDCE", "APGDDLR", "apgd_checkpoints"]
+
+
+def apgd_checkpoints(steps: int) -> tuple[int, ...]:
+    """The iterations at which APGD may halve its step (Croce & Hein, 2020, Section 3.2).
+
+    ``w_j = ceil(p_j * steps)`` for ``p_0 = 0``, ``p_1 = 0.22``,
+    ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``, while ``p_j <= 1``. The ``p_j``
+    are computed exactly (in hundredths) so that e.g. ``0.41 * 100`` gives 41, not 42;
+    repeated values (possible for small ``steps``) are dropped.
+
+    Examples
+    --------
+    >>> apgd_checkpoints(100)
+    (0, 22, 41, 57, 70, 80, 87, 93, 99)
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise AttackError(f"steps must be an integer >= 1, got {steps!r}")
+    p_prev, p = 0, 22  # hundredths
+    points = [0]
+    while p <= 100:
+        w = -(-p * steps // 100)  # exact ceil
+        if w > points[-1]:
+            points.append(w)
+        p_prev, p = p, p + max(p - p_prev - 3, 6)
+    return tuple(points)
+
+
+def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return grad.sign()
+    gnorm = grad.reshape(grad.shape[0], -1).norm(dim=1).clamp_min(1e-12)
+    return grad / gnorm.view(-1, *([1] * (grad.dim() - 1)))
+
+
+def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+class APGD(Attack):
+    """Auto-PGD (Croce & Hein, 2020, "Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free attacks").
+
+    Not registered itself: use :class:`APGDCE` (``"apgd-ce"``) or :class:`APGDDLR`
+    (``"apgd-dlr"``). Returns, per example, the first iterate that the (EOT-averaged)
+    logits misclassify if there is one, else the iterate of highest loss.
+
+    Parameters
+    ----------
+    eps : float
+        Radius of the threat model in input units.
+    step_size : float, optional
+        Initial step ``eta``; default ``2 * eps`` (the paper's).
+    steps : int
+        Iterations ``N`` (default 100).
+    norm : {"linf", "l2"}
+        Threat model.
+    loss : str
+        The loss to maximise (``"ce"``, ``"dlr"`` or ``"cw"``).
+    random_start : bool
+        Start at a uniformly random point of the ball (as AutoAttack does).
+    restarts : int
+        Independent runs; the per-example worst case is kept.
+    eot_samples : int
+        Stochastic forward passes averaged per loss and gradient (default 1; 20 for
+        randomized defenses, as in AutoAttack's ``rand`` version).
+    alpha : float
+        Momentum weight (0.75).
+    rho : float
+        Fraction of loss-increasing steps below which the step is halved (0.75).
+    kappa : float
+        Clamp of the ``"cw"`` loss.
+    max_batch : int, optional
+        Most rows per forward pass (memory only).
+    """
+
+    loss_choices = ("ce", "dlr", "cw")
+
+    def __init__(
+        self,
+        eps: float,
+        step_size: float | None = None,
+        steps: int = 100,
+        *,
+        norm: str = "linf",
+        loss: str = "ce",
+        random_start: bool = True,
+        restarts: int = 1,
+        eot_samples: int = 1,
+        alpha: float = 0.75,
+        rho: float = 0.75,
+        kappa: float = DEFAULT_KAPPA,
+        max_batch: int | None = None,
+    ) -> None:
+        if step_size is None and isinstance(eps, (int, float)) and not isinstance(eps, bool):
+            step_size = 2.0 * eps
+        super().__init__(
+            eps,
+            step_size=step_size,  # type: ignore[arg-type]
+            steps=steps,
+            norm=norm,
+            loss=loss,
+            random_start=random_start,
+            restarts=restarts,
+            eot_samples=eot_samples,
+            kappa=kappa,
+            max_batch=max_batch,
+        )
+        for name, value in (("alpha", alpha), ("rho", rho)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+                raise AttackError(f"{name} must be a number in (0, 1], got {value!r}")
+        self.alpha = float(alpha)
+        self.rho = float(rho)
+
+    def _perturb(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """One run of Algorithm 1 of Croce & Hein (2020)."""
+        n = x.shape[0]
+        bounds = linf_bounds(x, self.eps) if self.norm == "linf" else None
+
+        def proj(v: torch.Tensor) -> torch.Tensor:
+            return project(v, x, eps=self.eps, norm=self.norm, bounds=bounds)
+
+        def evaluate(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            g = eot_gradient(model, v, y, self._loss_fn, eot_samples=self.eot_samples, max_batch=self.max_batch)
+            return g.grad, g.loss, g.logits.argmax(dim=1) != y
+
+        x_cur = random_start(x, eps=self.eps, norm=self.norm, generator=generator) if self.random_start else x.clone()
+        grad, loss, fooled = evaluate(x_cur)
+        x_best, loss_best, grad_best = x_cur.clone(), loss.clone(), grad.clone()
+        x_fooled, ever_fooled = x_cur.clone(), fooled.clone()
+        eta = torch.full((n,), self.step_size, device=x.device, dtype=x.dtype)
+        x_prev = x_cur.clone()
+
+        checkpoints = set(apgd_checkpoints(self.steps)[1:])
+        last_check = 0
+        increases = torch.zeros(n, device=x.device)
+        loss_best_at_check = loss_best.clone()
+        halved_at_check = torch.zeros(n, dtype=torch.bool, device=x.device)  # eta^(w_0) = eta^(w_1)
+
+        for k in range(self.steps):
+            a = 1.0 if k == 0 else self.alpha
+            z = proj(x_cur + _col(eta, x) * _direction(grad, self.norm))
+            x_new = proj(x_cur + a * (z - x_cur) + (1.0 - a) * (x_cur - x_prev))
+            x_prev = x_cur
+            x_cur = x_new
+            loss_old = loss
+            grad, loss, fooled = evaluate(x_cur)
+
+            newly = fooled & ~ever_fooled
+            x_fooled[newly] = x_cur[newly]
+            ever_fooled |= fooled
+            increases += (loss > loss_old).float()
+            better = loss > loss_best
+            x_best[better] = x_cur[better]
+            grad_best[better] = grad[better]
+            loss_best = torch.where(better, loss, loss_best)
+
+            it = k + 1
+            if it in checkpoints:
+                cond1 = increases < self.rho * (it - last_check)
+                cond2 = ~halved_at_check & (loss_best <= loss_best_at_check)
+                halve = cond1 | cond2
+                eta = torch.where(halve, eta / 2.0, eta)
+                x_cur = torch.where(_col(halve, x), x_best, x_cur)
+                grad = torch.where(_col(halve, x), grad_best, grad)
+                loss = torch.where(halve, loss_best, loss)
+                halved_at_check = halve
+                loss_best_at_check = loss_best.clone()
+                increases.zero_()
+                last_check = it
+        return torch.where(_col(ever_fooled, x), x_fooled, x_best)
+
+
+@register_attack("apgd-ce")
+class APGDCE(APGD):
+    """APGD on the cross-entropy loss (Croce & Hein, 2020, "Reliable evaluation of adversarial robustness ...").
+
+    :class:`APGD` with ``loss="ce"`` (the only choice). See :class:`APGD` for the
+    parameters.
+    """
+
+    loss_choices = ("ce",)
+
+    def __init__(
+        self,
+        eps: float,
+        step_size: float | None = None,
+        steps: int = 100,
+        *,
+        norm: str = "linf",
+        loss: str = "ce",
+        random_start: bool = True,
+        restarts: int = 1,
+        eot_samples: int = 1,
+        alpha: float = 0.75,
+        rho: float = 0.75,
+        kappa: float = DEFAULT_KAPPA,
+        max_batch: int | None = None,
+    ) -> None:
+        super().__init__(
+            eps, step_size, steps, norm=norm, loss=loss, random_start=random_start, restarts=restarts,
+            eot_samples=eot_samples, alpha=alpha, rho=rho, kappa=kappa, max_batch=max_batch,
+        )
+
+
+@register_attack("apgd-dlr")
+class APGDDLR(APGD):
+    """APGD on the Difference-of-Logits-Ratio loss (Croce & Hein, 2020, "Reliable evaluation of adversarial robustness ...").
+
+    :class:`APGD` with ``loss="dlr"`` (the only choice):
+    ``-(z_y - max_{i != y} z_i) / (z_(1) - z_(3) + 1e-12)``, invariant to shifts and
+    rescalings of the logits. Needs at least 3 classes. See :class:`APGD` for the
+    parameters.
+    """
+
+    loss_choices = ("dlr",)
+
+    def __init__(
+        self,
+        eps: float,
+        step_size: float | None = None,
+        steps: int = 100,
+        *,
+        norm: str = "linf",
+        loss: str = "dlr",
+        random_start: bool = True,
+        restarts: int = 1,
+        eot_samples: int = 1,
+        alpha: float = 0.75,
+        rho: float = 0.75,
+        kappa: float = DEFAULT_KAPPA,
+        max_batch: int | None = None,
+    ) -> None:
+        super().__init__(
+            eps, step_size, steps, norm=norm, loss=loss, random_start=random_start, restarts=restarts,
+            eot_samples=eot_samples, alpha=alpha, rho=rho, kappa=kappa, max_batch=max_batch,
+        )
+

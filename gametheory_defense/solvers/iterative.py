@@ -1,0 +1,387 @@
+"""Iterative zero-sum solvers with an exploitability stopping rule.
+
+All three keep, alongside their strategies, the matrix-vector products they need anyway,
+so the certificate ``max_i (A y)_i - min_j (x A)_j`` of the reported pair is available at
+every check for a few vector reductions and no extra pass over the matrix. Each stops when
+it reaches ``tol`` (status ``"converged"``), at ``max_iterations`` (``"max-iterations"``) or
+at ``time_limit`` seconds (``"time-limit"``).
+
+- ``fictitious-play``: alternating fictitious play (Brown 1951; Robinson 1951). O(m + n)
+  per iteration, but slow: the gap shrinks roughly like ``1/sqrt(t)``.
+- ``regret-matching``: regret matching+ with alternating updates and linear averaging
+  (Tammelin 2014; Tammelin et al. 2015); two matrix-vector products per iteration.
+- ``pdhg``: the primal-dual hybrid gradient method (Chambolle and Pock 2011) on the two
+  simplices with adaptive restarts on the duality gap (Applegate et al. 2023). It converges
+  linearly on matrix games and is the method for large games: exploitability 1e-4 on a
+  random 10000 x 10000 game in a few hundred iterations (see ``docs/solvers.md``).
+
+No randomness is used; the results are deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from gametheory_defense.solvers._core import (
+    CONVERGED,
+    MAX_ITERATIONS,
+    TIME_LIMIT,
+    SolverOutput,
+)
+
+__all__ = ["fictitious_play", "regret_matching", "pdhg", "project_simplex", "centered_norm"]
+
+log = logging.getLogger(__name__)
+
+
+def _check_budget(max_iterations: int, time_limit: float | None, check_every: int) -> None:
+    if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:
+        raise ValueError(f"max_iterations must be a positive integer, got {max_iterations!r}")
+    if time_limit is not None and not (math.isfinite(time_limit) and time_limit > 0):
+        raise ValueError(f"time_limit must be a positive number of seconds or None, got {time_limit!r}")
+    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+        raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
+
+
+class _Monitor:
+    """Stopping rule and progress bar shared by the iterative methods."""
+
+    def __init__(
+        self, name: str, tol: float, max_iterations: int, time_limit: float | None, progress: bool
+    ) -> None:
+        self.name = name
+        self.tol = tol
+        self.max_iterations = max_iterations
+        self.deadline = None if time_limit is None else time.perf_counter() + time_limit
+        self.bar = tqdm(total=max_iterations, desc=name, unit="it", disable=not progress, leave=False)
+        self.reported = 0
+        self.status = MAX_ITERATIONS
+
+    def done(self, t: int, gap: float) -> bool:
+        """Record a check at iteration ``t``; True when the method should stop."""
+        self.bar.update(t - self.reported)
+        self.reported = t
+        self.bar.set_postfix_str(f"exploitability {gap:.2e}", refresh=False)
+        if gap <= self.tol:
+            self.status = CONVERGED
+            return True
+        if self.deadline is not None and time.perf_counter() >= self.deadline:
+            self.status = TIME_LIMIT
+            return True
+        return False
+
+    def close(self, t: int, gap: float) -> None:
+        self.bar.close()
+        log.info("%s: %s after %d iterations, exploitability %.3g", self.name, self.status, t, gap)
+
+
+# --------------------------------------------------------------------------- fictitious play
+
+
+def fictitious_play(
+    values: np.ndarray,
+    *,
+    tol: float = 1e-9,
+    max_iterations: int = 100_000,
+    time_limit: float | None = None,
+    check_every: int = 10,
+    progress: bool = False,
+) -> SolverOutput:
+    """Alternating fictitious play (Brown 1951; Robinson 1951).
+
+    Each player best-responds to the other's empirical mixture, the attacker after seeing
+    the defender's newest play. The empirical mixtures are returned. The running payoff
+    sums ``A @ counts_y`` and ``counts_x @ A`` are kept, so an iteration costs O(m + n)
+    and the certificate of the averages is free.
+
+    Parameters
+    ----------
+    values : ndarray, shape (m, n)
+        Payoffs to the row player (maximizer).
+    tol : float
+        Exploitability target of the averaged strategies.
+    max_iterations : int
+        Iteration cap (status ``"max-iterations"`` when reached first).
+    time_limit : float, optional
+        Wall-clock cap in seconds (status ``"time-limit"``).
+    check_every : int
+        Iterations between checks of the stopping rule.
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    SolverOutput
+        The empirical mixtures, the status and the number of iterations.
+    """
+    _check_budget(max_iterations, time_limit, check_every)
+    a = np.ascontiguousarray(values, dtype=np.float64)
+    at = np.ascontiguousarray(a.T)
+    m, n = a.shape
+    count_x = np.zeros(m)
+    count_y = np.zeros(n)
+    # The attacker opens with a best response to the uniform defender.
+    j = int(np.argmin(a.mean(axis=0)))
+    count_y[j] += 1.0
+    payoff_rows = at[j].copy()  # A @ count_y: the defender's cumulative payoff per row
+    payoff_cols = np.zeros(n)  # count_x @ A: the attacker's cumulative loss per column
+    monitor = _Monitor("fictitious-play", tol, max_iterations, time_limit, progress)
+    t = 0
+    gap = math.inf
+    while t < max_iterations:
+        t += 1
+        i = int(np.argmax(payoff_rows))
+        count_x[i] += 1.0
+        payoff_cols += a[i]
+        j = int(np.argmin(payoff_cols))
+        count_y[j] += 1.0
+        payoff_rows += at[j]
+        if t % check_every == 0 or t == max_iterations:
+            gap = float(payoff_rows.max() / (t + 1) - payoff_cols.min() / t)
+            if monitor.done(t, gap):
+                break
+    monitor.close(t, gap)
+    return SolverOutput(count_x / count_x.sum(), count_y / count_y.sum(), monitor.status, t)
+
+
+# --------------------------------------------------------------------------- regret matching+
+
+
+def _regret_matching_strategy(regret: np.ndarray) -> np.ndarray:
+    total = regret.sum()
+    if total > 0:
+        return regret / total
+    return np.full(regret.size, 1.0 / regret.size)
+
+
+def regret_matching(
+    values: np.ndarray,
+    *,
+    tol: float = 1e-9,
+    max_iterations: int = 100_000,
+    time_limit: float | None = None,
+    check_every: int = 1,
+    progress: bool = False,
+) -> SolverOutput:
+    """Regret matching+ with alternating updates and linear averaging (Tammelin et al. 2015).
+
+    Each player plays in proportion to its positive cumulative regrets, which are clipped at
+    zero after every update (the "+"); the attacker updates after seeing the defender's new
+    strategy (alternation); the reported strategies are averages weighted by the iteration
+    number ``t``. Two matrix-vector products per iteration; the certificate of the averages
+    comes from weighted sums of the same products.
+
+    Parameters
+    ----------
+    values : ndarray, shape (m, n)
+        Payoffs to the row player (maximizer).
+    tol : float
+        Exploitability target of the averaged strategies.
+    max_iterations : int
+        Iteration cap (status ``"max-iterations"`` when reached first).
+    time_limit : float, optional
+        Wall-clock cap in seconds (status ``"time-limit"``).
+    check_every : int
+        Iterations between checks of the stopping rule.
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    SolverOutput
+        The linearly averaged strategies, the status and the number of iterations.
+    """
+    _check_budget(max_iterations, time_limit, check_every)
+    a = np.ascontiguousarray(values, dtype=np.float64)
+    m, n = a.shape
+    regret_x = np.zeros(m)
+    regret_y = np.zeros(n)
+    y = np.full(n, 1.0 / n)
+    ay = a @ y
+    sum_x = np.zeros(m)
+    sum_y = np.zeros(n)
+    sum_xa = np.zeros(n)  # sum_t t * (x_t A)
+    sum_ay = np.zeros(m)  # sum_t t * (A y_t)
+    weight = 0.0
+    monitor = _Monitor("regret-matching", tol, max_iterations, time_limit, progress)
+    t = 0
+    gap = math.inf
+    while t < max_iterations:
+        t += 1
+        x = _regret_matching_strategy(regret_x)
+        regret_x += ay - x @ ay
+        np.maximum(regret_x, 0.0, out=regret_x)
+        xa = x @ a
+        y = _regret_matching_strategy(regret_y)
+        regret_y += y @ xa - xa  # the attacker minimises: regret of column j is (x A y) - (x A)_j
+        np.maximum(regret_y, 0.0, out=regret_y)
+        ay = a @ y
+        sum_x += t * x
+        sum_y += t * y
+        sum_xa += t * xa
+        sum_ay += t * ay
+        weight += t
+        if t % check_every == 0 or t == max_iterations:
+            gap = float((sum_ay.max() - sum_xa.min()) / weight)
+            if monitor.done(t, gap):
+                break
+    monitor.close(t, gap)
+    return SolverOutput(sum_x / weight, sum_y / weight, monitor.status, t)
+
+
+# --------------------------------------------------------------------------- restarted PDHG
+
+
+def project_simplex(z: np.ndarray) -> np.ndarray:
+    """Euclidean projection onto the probability simplex (Held, Wolfe and Crowder 1974).
+
+    Sort-based, O(k log k): ``max(z - theta, 0)`` with the threshold ``theta`` that makes
+    the result sum to one.
+    """
+    u = np.sort(z)[::-1]
+    cumulative = np.cumsum(u) - 1.0
+    index = np.arange(1, z.size + 1)
+    rho = int(np.count_nonzero(u * index > cumulative))
+    theta = cumulative[rho - 1] / rho
+    return np.maximum(z - theta, 0.0)
+
+
+def centered_norm(values: np.ndarray, *, iterations: int = 20) -> float:
+    """Spectral norm of the doubly centred matrix ``P_m A P_n`` (``P = I - 11'/k``).
+
+    Adding a constant to a player's gradient does not move its projection onto the simplex,
+    so this, not ``||A||``, is the Lipschitz constant that PDHG's step size needs. Exact
+    (SVD) up to 250,000 entries, otherwise power iteration from a fixed start vector.
+    """
+    a = values
+    m, n = a.shape
+    if m * n <= 250_000:
+        centred = a - a.mean(axis=0, keepdims=True) - a.mean(axis=1, keepdims=True) + a.mean()
+        return float(np.linalg.norm(centred, 2)) if centred.size else 0.0
+    v = np.cos(np.arange(n) * 2.399963229728653)  # golden-angle sequence: deterministic, generic
+    sigma = 0.0
+    for _ in range(iterations):
+        v -= v.mean()
+        norm = np.linalg.norm(v)
+        if norm == 0:
+            return 0.0
+        v /= norm
+        w = a @ v
+        w -= w.mean()
+        v = w @ a
+        sigma = math.sqrt(float(np.linalg.norm(v - v.mean())))
+    return sigma
+
+
+def pdhg(
+    values: np.ndarray,
+    *,
+    tol: float = 1e-9,
+    max_iterations: int = 100_000,
+    time_limit: float | None = None,
+    step_scale: float = 0.9,
+    restart_factor: float = 0.2,
+    progress: bool = False,
+) -> SolverOutput:
+    """Restarted primal-dual hybrid gradient on the simplices (Chambolle and Pock 2011; Applegate et al. 2023).
+
+    Iterates ``x <- P(x + eta A y)``, ``y <- P(y - eta A'(2 x_new - x))`` with Euclidean
+    projections ``P`` onto the simplices and ``eta = step_scale / ||P A P||``. The running
+    average since the last restart and the current iterate are both certified at every
+    iteration (their products with ``A`` are already at hand); whenever the better of the
+    two has a gap at most ``restart_factor`` times the gap at the last restart, the method
+    restarts from it. Matrix games are sharp, so this converges linearly.
+
+    Parameters
+    ----------
+    values : ndarray, shape (m, n)
+        Payoffs to the row player (maximizer).
+    tol : float
+        Exploitability target.
+    max_iterations : int
+        Iteration cap (status ``"max-iterations"``; the best certified pair is returned).
+    time_limit : float, optional
+        Wall-clock cap in seconds (status ``"time-limit"``).
+    step_scale : float
+        Step size times the centred spectral norm; must be in (0, 1).
+    restart_factor : float
+        Restart when the gap has shrunk by this factor since the last restart, in (0, 1).
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    SolverOutput
+        The best certified pair seen, the status and the number of iterations.
+    """
+    _check_budget(max_iterations, time_limit, 1)
+    if not 0 < step_scale < 1:
+        raise ValueError(f"step_scale must be in (0, 1), got {step_scale!r}")
+    if not 0 < restart_factor < 1:
+        raise ValueError(f"restart_factor must be in (0, 1), got {restart_factor!r}")
+    a = np.ascontiguousarray(values, dtype=np.float64)
+    m, n = a.shape
+    scale = max(float(np.abs(a).max()), 1e-300)
+    lipschitz = max(centered_norm(a), 1e-12 * scale)
+    eta = step_scale / lipschitz
+    monitor = _Monitor("pdhg", tol, max_iterations, time_limit, progress)
+
+    x = np.full(m, 1.0 / m)
+    y = np.full(n, 1.0 / n)
+    ay = a @ y
+    xa = x @ a
+    gap = float(ay.max() - xa.min())
+    best = (gap, x, y)
+    restart_gap = gap
+    sum_x, sum_y, sum_ay, sum_xa = np.zeros(m), np.zeros(n), np.zeros(m), np.zeros(n)
+    count = 0
+    t = 0
+    if monitor.done(0, gap):
+        monitor.close(0, gap)
+        return SolverOutput(x, y, monitor.status, 0)
+    while t < max_iterations:
+        t += 1
+        x_new = project_simplex(x + eta * ay)
+        xa_new = x_new @ a
+        y = project_simplex(y - eta * (2.0 * xa_new - xa))
+        ay = a @ y
+        x, xa = x_new, xa_new
+        sum_x += x
+        sum_y += y
+        sum_ay += ay
+        sum_xa += xa
+        count += 1
+        gap_current = float(ay.max() - xa.min())
+        gap_average = float((sum_ay.max() - sum_xa.min()) / count)
+        if not (math.isfinite(gap_current) and math.isfinite(gap_average)):
+            # Only possible if the step was too long for the norm estimate: halve it.
+            eta *= 0.5
+            _, x, y = best
+            ay, xa = a @ y, x @ a
+            sum_x[:], sum_y[:], sum_ay[:], sum_xa[:] = 0.0, 0.0, 0.0, 0.0
+            count = 0
+            continue
+        if gap_average < gap_current:
+            gap = gap_average
+            if gap < best[0]:
+                best = (gap, sum_x / count, sum_y / count)
+        else:
+            gap = gap_current
+            if gap < best[0]:
+                best = (gap, x.copy(), y.copy())
+        if monitor.done(t, best[0]):
+            break
+        if gap <= restart_factor * restart_gap:
+            if gap_average < gap_current:
+                x, y = sum_x / count, sum_y / count
+                ay, xa = sum_ay / count, sum_xa / count
+            restart_gap = gap
+            sum_x, sum_y, sum_ay, sum_xa = np.zeros(m), np.zeros(n), np.zeros(m), np.zeros(n)
+            count = 0
+    monitor.close(t, best[0])
+    return SolverOutput(best[1], best[2], monitor.status, t)

@@ -1,0 +1,130 @@
+"""`gtdefense demo` end to end: files, report numbers equal the JSON, resume, the example script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gametheory_defense.report import pct
+from payoff import PayoffMatrix
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def gtdefense(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gametheory_defense", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    proc = gtdefense("demo", "--out", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_demo_writes_every_output(demo):
+    out, proc = demo
+    for rel in [
+        "models/standard.safetensors", "models/standard.json", "models/pgd-at.safetensors",
+        "payoff.json", "payoff.csv", "equilibrium.json", "payoff.png", "ensemble/ensemble.json",
+        "report.md", "robustness.json", "double_oracle.json", "double_oracle.png",
+    ]:
+        assert (out / rel).is_file(), rel
+    assert "game value" in proc.stdout
+
+
+def test_report_numbers_equal_the_json(demo):
+    out, _ = demo
+    matrix = PayoffMatrix.from_json(out / "payoff.json")
+    eq = json.loads((out / "equilibrium.json").read_text())
+    report = (out / "report.md").read_text()
+    assert f"**{pct(eq['value'])}**" in report
+    for i, name in enumerate(matrix.defenders):
+        row = f"| `{name}` | {pct(matrix.clean_accuracy[i])} | {pct(matrix.values[i].min())}"
+        assert row in report, row
+        assert f"{eq['defender_strategy'][name]:.4f} |" in report
+    # the equilibrium in the file is certified on the matrix in the file
+    x = np.array([eq["defender_strategy"][d] for d in matrix.defenders])
+    y = np.array([eq["attacker_strategy"][a] for a in matrix.attackers])
+    A = matrix.values
+    assert abs(x @ A @ y - eq["value"]) < 1e-7
+    assert (A @ y).max() - (x @ A).min() <= eq["exploitability"] + 1e-9
+    robustness = json.loads((out / "robustness.json").read_text())
+    for name, r in robustness.items():
+        if name == "threat_model":
+            continue
+        assert f"**{pct(r['worst_case_accuracy'])}**" in report
+
+
+def test_robustness_json_schema(demo):
+    out, _ = demo
+    matrix = PayoffMatrix.from_json(out / "payoff.json")
+    r = json.loads((out / "robustness.json").read_text())
+    assert r["threat_model"] == {"norm": "linf", "eps": 0.1}
+    assert list(r)[1] == "mixture"
+    for name in ["mixture", *matrix.defenders]:
+        entry = r[name]
+        assert 0.0 <= entry["worst_case_accuracy"] <= min(entry["attacks"].values()) + 1e-12
+        assert entry["worst_case_accuracy"] <= entry["clean_accuracy"]
+        assert len(entry["attacks"]) >= 2
+
+
+def test_demo_numbers_make_sense(demo):
+    out, _ = demo
+    m = PayoffMatrix.from_json(out / "payoff.json")
+    i_std, i_at = m.defenders.index("standard"), m.defenders.index("pgd-at")
+    assert m.clean_accuracy[i_std] >= 0.9
+    # adversarial training helps under the strongest configured attack
+    assert m.values[i_at].min() > m.values[i_std].min() + 0.2
+    # SAP rows carry a standard error; the deterministic ones have one draw
+    i_sap = m.defenders.index("standard+sap0.5")
+    assert m.n_samples[i_sap, 0] == 3 * m.n_samples[i_std, 0]
+
+
+def test_resume_reuses_everything(demo):
+    out, _ = demo
+    before = (out / "payoff.json").read_text()
+    proc = gtdefense("demo", "--out", str(out), "--resume", "--no-progress", "-v")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "training" not in proc.stderr  # models reused, not retrained
+    after = json.loads((out / "payoff.json").read_text())
+    assert after["values"] == json.loads(before)["values"]
+
+
+def test_rerun_without_resume_refuses(demo):
+    out, _ = demo
+    proc = gtdefense("demo", "--out", str(out))
+    assert proc.returncode == 2
+    assert "--resume" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_example_script_classifies_with_the_saved_ensemble(demo):
+    out, _ = demo
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "classify_with_ensemble.py"), str(out / "ensemble"), "--n", "32"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    acc = float(proc.stdout.strip().splitlines()[-1].split("sampled ")[1].split(",")[0])
+    assert acc > 0.8
+
+
+def test_bad_config_is_one_line(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text((ROOT / "examples" / "digits.toml").read_text().replace("eval_size = 200", "eval_size = -3"))
+    proc = gtdefense("run", str(cfg), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "data.eval_size" in proc.stderr
