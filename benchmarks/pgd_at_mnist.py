@@ -49,6 +49,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     p.add_argument("--no-baseline", action="store_true", help="skip the standard-training baseline")
     p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument("--out", type=Path, default=None,
+                   help="also save the PGD-AT model as a checkpoint OUT (for stronger attacks: gtdefense attack OUT)")
     return p.parse_args(argv)
 
 
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from gametheory_defense.checkpoint import save_checkpoint
     from gametheory_defense.data import load_dataset
     from gametheory_defense.models import build_model
     from gametheory_defense.training import accuracy, default_eval_attack, train
@@ -98,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         robust = accuracy(model, test_set, attack=attack, batch_size=500, device=args.device,
                           generator=torch.Generator().manual_seed(args.seed + 1), progress=args.progress)
         t_eval = time.perf_counter() - t_eval
+        if args.out is not None and method == "pgd-at":
+            metrics = {"clean_accuracy": clean, "robust_accuracy": robust, "robust_attack": attack.config(),
+                       "eval_size": n_eval}
+            save_checkpoint(model, args.out, training=result.as_dict(), dataset="mnist", metrics=metrics)
         steps = extra.get("attack_steps", 0)
         rows.append((
             method,

@@ -43,7 +43,7 @@ class NaiveSAP(StochasticModule):
         flat = h.reshape(h.shape[0], -1)
         a = flat.detach().abs()
         n = a.shape[1]
-        r = max(1, -(-int(round(self.frac * n * 1e9)) // 10**9))
+        r = StochasticActivationPruning(self.frac).num_draws(n)
         total = a.sum(dim=1, keepdim=True)
         p = a / torch.where(total > 0, total, torch.ones_like(total))
         mask = torch.zeros_like(a)
@@ -106,19 +106,18 @@ def main(argv: list[str] | None = None) -> None:
     sap_gen = torch.Generator(device=device).manual_seed(1)
     steps = {name: make_step(m, x, y, device) for name, m in variants.items()}
     times: dict[str, list[float]] = {name: [] for name in variants}
-    with torch.inference_mode(False):
+    for name, step in steps.items():
+        with use_generator(variants[name], sap_gen):
+            for _ in range(args.warmup if name != "naive multinomial loop" else 1):
+                step()
+    for rnd in range(args.repeats):  # round-robin: machine drift hits every variant alike
         for name, step in steps.items():
+            if name == "naive multinomial loop" and rnd >= args.naive_repeats:
+                continue
             with use_generator(variants[name], sap_gen):
-                for _ in range(args.warmup if name != "naive multinomial loop" else 1):
-                    step()
-        for rnd in range(args.repeats):
-            for name, step in steps.items():
-                if name == "naive multinomial loop" and rnd >= args.naive_repeats:
-                    continue
-                with use_generator(variants[name], sap_gen):
-                    t0 = time.perf_counter()
-                    step()
-                    times[name].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - t0)
 
     ref = statistics.median(times["no SAP"])
     print(

@@ -392,6 +392,7 @@ class MixedStrategyModel(StochasticModule):
         meta = {
             "solver": getattr(eq, "method", None),
             "status": getattr(eq, "status", None),
+            "select": getattr(eq, "select", None),
             "exploitability": _float_or_none(getattr(eq, "exploitability", None)),
             "dropped": [names[i] for i in range(len(names)) if i not in keep],
         }

@@ -67,6 +67,7 @@ METHODS = ("standard", "pgd-at")
 OPTIMIZERS = ("adam", "sgd")
 SGD_MOMENTUM = 0.9
 DEFAULT_EVAL_STEPS = 20
+_POSTFIX_EVERY = 10  # batches between progress-bar updates (each one syncs with the device)
 
 
 @dataclass(frozen=True)
@@ -522,7 +523,10 @@ def train(
             t0 = time.perf_counter()
             perm_device = generator.device if generator is not None else torch.device("cpu")
             order = torch.randperm(n, generator=generator, device=perm_device).cpu()
-            loss_sum, correct, seen = 0.0, 0, 0
+            # running sums stay on the device: no host sync per batch on CUDA
+            loss_acc = torch.zeros((), device=dev)
+            correct_acc = torch.zeros((), dtype=torch.long, device=dev)
+            seen = 0
             bar = tqdm(range(batches_per_epoch), desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
             for b in bar:
                 idx = order[b * batch_size : (b + 1) * batch_size]
@@ -546,15 +550,18 @@ def train(
                 step += 1
 
                 bs = yb.shape[0]
-                loss_sum += float(loss.detach()) * bs
-                correct += int((logits.detach().argmax(dim=1) == yb).sum())
+                loss_acc += loss.detach().float() * bs
+                correct_acc += (logits.detach().argmax(dim=1) == yb).sum()
                 seen += bs
-                if progress:
-                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
+                last = b + 1 == batches_per_epoch
+                if progress and (b % _POSTFIX_EVERY == 0 or last):
+                    bar.set_postfix(loss=f"{float(loss_acc) / seen:.4f}", acc=f"{int(correct_acc) / seen:.3f}",
+                                    refresh=False)
                 if log_every and step % log_every == 0:
                     log.info("epoch %d batch %d/%d: loss %.4f acc %.4f eps %.4g", epoch, b + 1,
-                             batches_per_epoch, loss_sum / seen, correct / seen, cur_eps)
+                             batches_per_epoch, float(loss_acc) / seen, int(correct_acc) / seen, cur_eps)
             bar.close()
+            loss_sum, correct = float(loss_acc), int(correct_acc)
             seconds = time.perf_counter() - t0
             if not math.isfinite(loss_sum):
                 raise ConfigError(f"training diverged in epoch {epoch} (non-finite loss); lower lr (now {lr})")

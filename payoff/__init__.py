@@ -15,6 +15,7 @@ _LAZY = {
     "build_payoff_matrix": "payoff.builder",
     "DefenderSpec": "payoff.builder",
     "PayoffStore": "payoff.store",
+    "bootstrap_ci": "payoff.store",
 }
 
 __all__ = ["PayoffError", "PayoffMatrix", *sorted(_LAZY)]

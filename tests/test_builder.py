@@ -334,3 +334,13 @@ def test_ray_executor_equals_serial(trained: dict[str, nn.Module], evalset: tupl
     same_matrix(serial, ray_m)
     assert ray_m.metadata["crafts"] == 4 and ray_m.metadata["cells_computed"] == 3 * 4 + 3
     assert len(list((tmp_path / "store" / "cells").glob("*.safetensors"))) == 15
+
+
+def test_missing_ray_says_install_the_extra(
+    trained: dict[str, nn.Module], evalset: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail
+    with pytest.raises(ImportError, match="install the ray extra"):
+        build_payoff_matrix(
+            {"a": trained["a"]}, {"fgsm": FGSM(0.1)}, evalset, executor="ray", store=tmp_path, progress=False
+        )

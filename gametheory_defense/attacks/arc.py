@@ -157,31 +157,37 @@ def nearest_boundary(lin: Linearization, *, norm: str) -> BoundaryStep:
 def arc_step_size(
     zeta: torch.Tensor, progress: torch.Tensor, *, eta: float, rho: float, first: bool
 ) -> torch.Tensor:
-    """ARC's adaptive step ``beta`` along a member's direction (Dbouk & Shanbhag, 2022).
+    r"""ARC's adaptive step ``beta`` along a member's direction (Dbouk & Shanbhag, 2022).
 
-    Let the local perturbation be ``delta_l`` (``||delta_l|| <= eta``), the member's
-    linearised boundary at distance ``zeta`` from the current point ``x + delta + delta_l``,
-    and ``a = <unit, delta_l>`` (``progress``) the part of ``delta_l`` that already points
-    at it; so the boundary lies at ``zeta_c = zeta + a`` from the centre ``x + delta``.
-    The candidate ``eta * (delta_l + beta g) / ||delta_l + beta g||`` moves the centre by
-    at least ``eta (a + beta) / (eta + beta)`` towards the boundary (triangle inequality),
-    which reaches ``zeta_c`` as soon as
+    With ``eta`` the radius of the local ball, ``zeta`` the distance from the current
+    point ``x + delta + delta_l`` to the member's linearised boundary and
+    ``a = <unit, delta_l>`` (``progress``) the part of the local perturbation already
+    pointing at that boundary:
 
     .. math::
 
-        \\beta \\ge \\frac{\\eta\\,(\\zeta_c - a)}{\\eta - \\zeta_c}
-                 = \\frac{\\eta\\,\\zeta}{\\eta - \\zeta_c}, \\qquad \\zeta_c < \\eta .
+        \beta = \begin{cases}
+            \eta & \text{first (most probable) member, or } \zeta \ge \eta \\
+            \dfrac{\eta\,|\zeta - a|}{\eta - \zeta} + \rho & \text{otherwise.}
+        \end{cases}
 
-    ARC takes that smallest step plus ``rho`` (to land strictly past the boundary); when
-    the boundary is out of the local ball (``zeta_c >= eta``), or for the first (most
-    probable) member, it takes ``beta = eta``.
+    The candidate local perturbation is then ``eta * (delta_l + beta g) / ||delta_l + beta g||``.
+    Where the formula comes from: if the boundary lies at distance ``zeta`` from the
+    *centre* ``x + delta``, the candidate moves the centre at least
+    ``eta (a + beta) / (eta + beta)`` towards it (triangle inequality), which reaches
+    ``zeta`` exactly when ``beta >= eta (zeta - a) / (eta - zeta)``: the smallest step that
+    is sure to flip the member while keeping as much of ``delta_l`` (the progress on the
+    more probable members) as possible; ``rho`` lands strictly past the boundary. As in
+    the authors' release, ``zeta`` is measured at the current point, where the member is
+    linearised (see ``docs/evaluation.md``); the acceptance test of ARC keeps only
+    candidates that do not lower the expected 0-1 loss.
 
     Parameters
     ----------
     zeta : torch.Tensor
-        ``(N,)`` distances from the current point to the boundary (may be ``inf``).
+        ``(N,)`` distances to the boundary (may be ``inf``).
     progress : torch.Tensor
-        ``(N,)`` ``<unit, delta_l>``.
+        ``(N,)`` ``a = <unit, delta_l>``.
     eta : float
         Radius of the local ball.
     rho : float
@@ -193,6 +199,12 @@ def arc_step_size(
     -------
     torch.Tensor
         ``(N,)`` step lengths ``beta > 0``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> arc_step_size(torch.tensor([0.1, 0.3]), torch.tensor([-0.05, 0.0]), eta=0.2, rho=0.01, first=False)
+    tensor([0.3100, 0.2000])
     """
     full = torch.full_like(zeta, eta)
     if first:
@@ -227,8 +239,9 @@ class ARC(MixtureAwareMixin, Attack):
     eps : float
         Radius of the threat model in input units.
     step_size : float, optional
-        ``eta``, the radius of the local ball searched in one iteration; default
-        ``2.5 * eps / steps`` (so the iterations can cross the whole ball).
+        ``eta``, the radius of the local ball searched in one iteration; default ``eps``
+        (the local search then spans the whole threat model; the acceptance test makes
+        large local steps safe, and the motivating example of the paper needs them).
     steps : int
         Iterations ``K`` over all members.
     norm : {"linf", "l2"}
@@ -280,9 +293,8 @@ class ARC(MixtureAwareMixin, Attack):
         kappa: float = DEFAULT_KAPPA,
         max_batch: int | None = None,
     ) -> None:
-        if step_size is None and isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1:
-            if isinstance(eps, (int, float)) and not isinstance(eps, bool):
-                step_size = 2.5 * eps / steps
+        if step_size is None and isinstance(eps, (int, float)) and not isinstance(eps, bool):
+            step_size = float(eps)
         super().__init__(
             eps,
             step_size=step_size,  # type: ignore[arg-type]
