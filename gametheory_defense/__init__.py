@@ -34,6 +34,8 @@ _LAZY = {
     "build_model": "gametheory_defense.models",
     "apply_sap": "gametheory_defense.sap",
     "StochasticActivationPruning": "gametheory_defense.sap",
+    "sap_settings": "gametheory_defense.sap",
+    "remove_sap": "gametheory_defense.sap",
     "train": "gametheory_defense.training",
     "save_checkpoint": "gametheory_defense.checkpoint",
     "load_checkpoint": "gametheory_defense.checkpoint",

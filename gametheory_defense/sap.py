@@ -218,6 +218,8 @@ _POISSON_MIN_DRAWS = 256
 _HEAVY_RATE = 16.0
 #: The Poisson stage uses ``lambda = r - DEFICIT_SIGMAS * sqrt(r)`` draws on average.
 _DEFICIT_SIGMAS = 3.0
+#: Inverse-CDF Poisson levels evaluated for every unit (the rest only where undecided).
+_FULL_LEVELS = 4
 #: Inverse-CDF Poisson levels beyond this are not examined (probability < 1e-30).
 _MAX_LEVEL = 96
 
@@ -330,39 +332,47 @@ def _poisson_hits(
     """``(N >= 1, sum N)`` per row for independent ``N_j ~ Poisson(lam * p_j)``.
 
     ``N_j`` is the inverse CDF of one uniform ``u_j``: ``N_j >= k + 1`` iff
-    ``u_j >= P(N_j <= k)``. Levels 0 and 1 are evaluated for all units in ``p``'s dtype;
-    higher levels only for the units still undecided, in float64. Rates above
-    ``_HEAVY_RATE`` are sampled by ``torch.poisson`` instead.
+    ``u_j >= P(N_j <= k)``. Levels ``k < _FULL_LEVELS`` are evaluated for all units in
+    ``p``'s dtype; higher levels only for the few units still undecided, in float64.
+    Rates above ``_HEAVY_RATE`` are sampled by ``torch.poisson`` instead.
     """
     batch, n = p.shape
     neg_mu = p * (-lam)
-    cdf0 = torch.exp(neg_mu)  # P(N = 0)
     u = random_tensor("rand", p.shape, generator=generator, device=p.device, dtype=p.dtype)
-    hits = u >= cdf0  # N >= 1
-    two = u >= torch.rsub(neg_mu, 1.0).mul_(cdf0)  # N >= 2: u >= P(N <= 1) = e^-mu (1 + mu)
-    del cdf0
+    cdf_k = torch.exp(neg_mu)  # P(N = 0)
+    term = torch.mul(cdf_k, neg_mu).neg_()  # P(N = 1)
+    levels = [u >= cdf_k]  # levels[k]: N >= k + 1
+    for k in range(1, _FULL_LEVELS):
+        if k > 1:
+            term.mul_(neg_mu).div_(-k)  # P(N = k)
+        cdf_k.add_(term)  # P(N <= k)
+        levels.append(u >= cdf_k)
+    del cdf_k, term
+    hits, last = levels[0], levels[-1]
+    total = sum(_count(level) for level in levels)
     flat_mu, flat_u = neg_mu.view(-1), u.view(-1)
     if lam * float(p.amax()) > _HEAVY_RATE:
-        heavy = neg_mu < -_HEAVY_RATE
-        two &= ~heavy
-        where = heavy.view(-1).nonzero().squeeze(1)
+        where = (neg_mu < -_HEAVY_RATE).view(-1).nonzero().squeeze(1)
+        rows = where.div(n, rounding_mode="floor")
+        for level in levels:  # drop their inverse-CDF counts
+            total.index_add_(0, rows, -level.view(-1).index_select(0, where).long())
+        last.view(-1).index_fill_(0, where, False)
         counts = _poisson(flat_mu.index_select(0, where).neg().double(), generator=generator)
-        hits.view(-1).index_fill_(0, where, False)
         hits.view(-1).index_put_((where,), counts > 0)
-        total = _count(hits) + _count(two)
-        total.index_add_(0, where.div(n, rounding_mode="floor"), counts.long() - (counts > 0).long())
-    else:
-        total = _count(hits) + _count(two)
+        total.index_add_(0, rows, counts.long())
 
-    # Units with N >= 2 and a light rate: walk up the CDF in float64 until it passes u.
-    where = two.view(-1).nonzero().squeeze(1)
+    # Light units with N >= _FULL_LEVELS: walk up the CDF in float64 until it passes u.
+    where = last.view(-1).nonzero().squeeze(1)
     rows = where.div(n, rounding_mode="floor")
     mu = flat_mu.index_select(0, where).neg_().double()
     uu = flat_u.index_select(0, where).double()
-    term = torch.exp(-mu).mul_(mu)  # P(N = 1)
-    cdf_k = torch.exp(-mu).add_(term)  # P(N <= 1)
+    term = torch.exp(-mu)
+    cdf_k = term.clone()
+    for k in range(1, _FULL_LEVELS):
+        term.mul_(mu).div_(k)
+        cdf_k.add_(term)  # P(N <= _FULL_LEVELS - 1)
     beyond = []
-    for k in range(2, _MAX_LEVEL):
+    for k in range(_FULL_LEVELS, _MAX_LEVEL):
         if rows.numel() == 0:
             break
         term.mul_(mu).div_(k)  # P(N = k)

@@ -95,7 +95,7 @@ def test_config_is_json_and_complete(adversarial) -> None:
     assert cfg["step_size"] == pytest.approx(2.5 * 0.1 / 5)
     assert cfg["seed"] == 1 and cfg["optimizer"] == "adam" and cfg["amp"] is False
     assert cfg["dataset"] == "digits" and cfg["train_size"] == 1347
-    assert cfg["eval_attack"]["name"] == "pgd" and cfg["eval_attack"]["eps"] == 0.1
+    assert cfg["eval_attack"] is None  # no eval_data, nothing evaluated
     d = result.as_dict()
     assert json.loads(json.dumps(d))["history"][0]["epoch"] == 1
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -184,6 +184,9 @@ def test_pgd_at_default_eval_reports_robust_accuracy(digits) -> None:
     stats = result.final
     assert stats.eval_clean_accuracy is not None and stats.eval_robust_accuracy is not None
     assert 0.0 <= stats.eval_robust_accuracy <= stats.eval_clean_accuracy <= 1.0
+    attack = result.config()["eval_attack"]
+    assert attack["name"] == "pgd" and attack["eps"] == 0.1 and attack["steps"] == 20
+    assert attack["norm"] == "linf" and attack["random_start"] is True
 
 
 def test_accuracy_restores_modes_and_counts(digits) -> None:

@@ -78,8 +78,9 @@ class APGD(Attack):
     """Auto-PGD (Croce & Hein, 2020, "Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free attacks").
 
     Not registered itself: use :class:`APGDCE` (``"apgd-ce"``) or :class:`APGDDLR`
-    (``"apgd-dlr"``). Returns, per example, the first iterate that the (EOT-averaged)
-    logits misclassify if there is one, else the iterate of highest loss.
+    (``"apgd-dlr"``). Returns, per example, the first iterate that the model
+    misclassifies if there is one, else the iterate of highest loss; with
+    ``eot_samples > 1`` always the iterate of highest (EOT-averaged) loss.
 
     Parameters
     ----------
@@ -206,6 +207,8 @@ class APGD(Attack):
                 loss_best_at_check = loss_best.clone()
                 increases.zero_()
                 last_check = it
+        if self.eot_samples > 1:  # "fooled" by mean logits is no proof against a randomized model
+            return x_best
         return torch.where(_col(ever_fooled, x), x_fooled, x_best)
 
 

@@ -16,17 +16,14 @@ from typing import Any
 
 from payoff.matrix import PayoffMatrix, load_payoff
 
-__all__ = ["register", "run", "format_equilibrium", "SELECTIONS"]
+__all__ = ["register", "run", "format_equilibrium"]
 
 log = logging.getLogger(__name__)
-
-SELECTIONS = ("clean", "max-entropy", "min-support")
-"""Choices of ``--select``: which optimal defender strategy to report when several exist."""
 
 
 def register(subparsers: Any) -> None:
     """Add the ``solve`` subcommand; its ``--method`` choices come from ``SOLVERS``."""
-    from gametheory_defense.solvers import SOLVERS
+    from gametheory_defense.solvers import SELECTIONS, SOLVERS
 
     methods = sorted(SOLVERS)
     parser = subparsers.add_parser(

@@ -1,0 +1,166 @@
+"""``gtdefense evaluate``: adaptive robustness evaluation of a checkpoint or an ensemble.
+
+Loads a checkpoint (``NAME.safetensors`` + ``NAME.json``) or an ensemble directory (one
+with ``ensemble.json``), attacks the first N test images with an attack suite or with
+named attacks, prints the report as a Markdown table and writes it as JSON/Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "run"]
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``evaluate`` subcommand."""
+    from gametheory_defense.attacks import ATTACKS
+    from gametheory_defense.data import DATASETS
+    from gametheory_defense.evaluation import SUITES
+
+    p = subparsers.add_parser(
+        "evaluate",
+        help="robust accuracy under adaptive attacks, with confidence intervals and sanity checks",
+        description=(
+            "Evaluate MODEL (a checkpoint NAME.safetensors/NAME.json, or an ensemble directory with "
+            "ensemble.json) on the first N test images under an attack suite (default: adaptive) or the "
+            "attacks named with --attack. Prints a Markdown table: clean accuracy, accuracy under each "
+            "attack, and the per-example worst case over all attacks (the number to quote)."
+        ),
+    )
+    p.add_argument("model", metavar="MODEL_OR_ENSEMBLE", help="checkpoint path or ensemble directory")
+    p.add_argument("--suite", default=None, choices=sorted(SUITES),
+                   help="attack suite (default adaptive, unless --attack is given)")
+    p.add_argument("--attack", action="append", default=None, choices=sorted(ATTACKS), metavar="NAME",
+                   help=f"an attack to run (repeatable; one of {', '.join(sorted(ATTACKS))}); "
+                        "--steps/--step-size/--eot-samples/--restarts/--loss apply to each")
+    p.add_argument("--eps", type=float, default=0.3, help="threat-model radius in [0,1] input units (default 0.3)")
+    p.add_argument("--norm", default="linf", choices=["linf", "l2"], help="threat model (default linf)")
+    p.add_argument("--steps", type=int, default=None, help="iterations of --attack attacks (default: the attack's)")
+    p.add_argument("--step-size", type=float, default=None, help="step size of --attack attacks")
+    p.add_argument("--eot-samples", type=int, default=None, help="EOT samples of --attack attacks")
+    p.add_argument("--restarts", type=int, default=None, help="restarts of --attack attacks")
+    p.add_argument("--loss", default=None, help="loss of --attack attacks (ce or cw)")
+    p.add_argument("--sap-frac", type=float, default=None,
+                   help="add Stochastic Activation Pruning with this fraction (to every member of an ensemble)")
+    p.add_argument("--sap-mode", default="exact", choices=["exact", "fast"], help="SAP sampling mode (default exact)")
+    p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
+                   help="data set (default: the one recorded with the model)")
+    p.add_argument("--data-dir", default=None, help="directory holding the data set files")
+    p.add_argument("--n", type=int, default=1000, help="evaluate the first N test images (default 1000)")
+    p.add_argument("--repeats", type=int, default=1, help="independent draws for a randomized model (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of all randomness (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
+    p.add_argument("--batch-size", type=int, default=256, help="examples per attack call (default 256)")
+    p.add_argument("--no-sanity-checks", action="store_true", help="skip the sanity checks")
+    p.add_argument("--out-json", default=None, metavar="R.json", help="write the report as JSON")
+    p.add_argument("--out-md", default=None, metavar="R.md", help="write the report as Markdown")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """The model (SAP added if asked) and the data set recorded with it."""
+    from gametheory_defense.checkpoint import load_checkpoint, read_metadata
+    from gametheory_defense.ensemble import MANIFEST, MixedStrategyModel
+    from gametheory_defense.errors import CheckpointError
+    from gametheory_defense.sap import apply_sap
+
+    path = Path(args.model)
+    if path.is_dir():
+        if not (path / MANIFEST).is_file():
+            raise CheckpointError(f"{path}: a directory without {MANIFEST} is not an ensemble; pass a checkpoint or an ensemble directory")
+        model = MixedStrategyModel.load(path, device=args.device)
+        dataset = model.metadata.get("dataset")
+        if dataset is None:
+            import json
+
+            manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+            members = manifest.get("members") or []
+            if members and isinstance(members[0], dict) and "sidecar" in members[0]:
+                dataset = read_metadata(path / members[0]["sidecar"]).get("dataset")
+        if args.sap_frac is not None:
+            model = MixedStrategyModel(
+                [apply_sap(m, args.sap_frac, mode=args.sap_mode) for m in model.members],
+                model.strategy,
+                names=model.names,
+                sample=model.sample,
+                value=model.value,
+                metadata=model.metadata,
+            )
+        return model, dataset
+    candidates = [path, path.with_name(path.name + ".json"), path.with_name(path.name + ".safetensors")]
+    if not any(c.is_file() for c in candidates):
+        raise FileNotFoundError(f"{path}: no such checkpoint or ensemble directory")
+    sap = "keep" if args.sap_frac is None else {"frac": args.sap_frac, "mode": args.sap_mode, "layers": None}
+    ckpt = load_checkpoint(path, device=args.device, sap=sap)
+    return ckpt.model, ckpt.metadata.get("dataset")
+
+
+def _attacks(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The attacks named with ``--attack`` (None when none was)."""
+    from gametheory_defense.attacks import build_attack
+
+    if not args.attack:
+        return None
+    names = ("steps", "step_size", "eot_samples", "restarts", "loss")
+    extra = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    out: dict[str, Any] = {}
+    for name in dict.fromkeys(args.attack):
+        out[name] = build_attack(name, eps=args.eps, norm=args.norm, **extra)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, evaluate, print and write the report."""
+    import torch
+
+    from gametheory_defense.data import load_dataset
+    from gametheory_defense.errors import ConfigError
+    from gametheory_defense.evaluation import evaluate, suite
+
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    named = _attacks(args)  # fail fast on bad attack arguments
+    model, recorded = _load(args)
+    dataset = args.dataset or recorded
+    if not dataset:
+        raise ConfigError(f"{args.model}: no data set is recorded with the model; pass --dataset")
+    test = load_dataset(dataset, "test", data_dir=args.data_dir, progress=not args.no_progress)
+    test = test.subset(min(args.n, len(test.labels)))
+
+    attacks: dict[str, Any] = {}
+    if named is None or args.suite is not None:
+        attacks.update(suite(args.suite or "adaptive", eps=args.eps, norm=args.norm, model=model))
+    if named is not None:
+        attacks.update(named)
+    report = evaluate(
+        model,
+        test,
+        attacks,
+        repeats=args.repeats,
+        batch_size=args.batch_size,
+        device=args.device,
+        generator=torch.Generator().manual_seed(args.seed),
+        seed=args.seed,
+        sanity_checks=not args.no_sanity_checks,
+        progress=not args.no_progress,
+    )
+    text = report.to_markdown()
+    print(text, end="")
+    if args.out_json:
+        report.to_json(args.out_json)
+        log.info("wrote %s", args.out_json)
+    if args.out_md:
+        out = Path(args.out_md)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        log.info("wrote %s", args.out_md)
+    return 0
