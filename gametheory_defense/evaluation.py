@@ -218,7 +218,9 @@ def wilson_interval(p_hat: float, n: int, *, confidence: float = 0.95) -> tuple[
     denom = 1.0 + z2 / n
     centre = (p_hat + z2 / (2 * n)) / denom
     half = z * math.sqrt(max(p_hat * (1 - p_hat) / n + z2 / (4 * n * n), 0.0)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    lo = 0.0 if p_hat <= 0.0 else max(0.0, centre - half)
+    hi = 1.0 if p_hat >= 1.0 else min(1.0, centre + half)
+    return lo, hi
 
 
 # ----------------------------------------------------------------------------- report

@@ -328,7 +328,7 @@ def _evaluate_models(
 ) -> dict[str, Any]:
     """Run the adaptive suite on every model (the mixture first) on the same examples."""
     from gametheory_defense.ensemble import MixedStrategyModel
-    from gametheory_defense.evaluation import build_suite, evaluate
+    from gametheory_defense.evaluation import evaluate, suite
 
     ev = config.evaluation
     cache_dir = out / "robustness"
@@ -338,7 +338,7 @@ def _evaluate_models(
     for name, model in models.items():
         # Pure defenders are wrapped as one-member mixtures so the very same attacks apply.
         target = model if isinstance(model, MixedStrategyModel) else MixedStrategyModel([model], [1.0], names=[name])
-        attacks = build_suite(ev.suite, eps=ev.eps, norm=ev.norm, model=target)
+        attacks = suite(ev.suite, eps=ev.eps, norm=ev.norm, model=target)
         key_src = json.dumps(
             {
                 "model": _model_identity(target),
@@ -360,6 +360,8 @@ def _evaluate_models(
                 target,
                 (x, y),
                 attacks,
+                eps=ev.eps,
+                norm=ev.norm,
                 repeats=ev.repeats,
                 batch_size=config.game.batch_size,
                 device=device,

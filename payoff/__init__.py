@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from payoff.matrix import PayoffError, PayoffMatrix
+from payoff.matrix import FORMAT, FORMAT_VERSION, PayoffError, PayoffMatrix, load_payoff
 
 _LAZY = {
     "build_payoff_matrix": "payoff.builder",
@@ -18,7 +18,7 @@ _LAZY = {
     "bootstrap_ci": "payoff.store",
 }
 
-__all__ = ["PayoffError", "PayoffMatrix", *sorted(_LAZY)]
+__all__ = ["FORMAT", "FORMAT_VERSION", "PayoffError", "PayoffMatrix", "load_payoff", *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:

@@ -777,7 +777,7 @@ class PayoffMatrix:
                 j = len(cells)
                 raise PayoffError(
                     f"{where}, {_label('column', j, attackers)}: missing value (the row has "
-                    f"{len(cells)} values, the header names {len(attackers)} attackers)"
+                    f"{len(cells)} value(s), the header names {len(attackers)} attackers)"
                 )
             if len(cells) > len(attackers):
                 raise PayoffError(

@@ -275,12 +275,12 @@ def test_apgd_checkpoints_follow_the_paper() -> None:
 
 
 def test_apgd_reaches_the_corner_of_highest_loss_of_a_linear_problem() -> None:
-    # logit 1 - logit 0 = 10 * sum(x); label 1: the CE loss grows as every coordinate falls,
+    # logit 1 - logit 0 = sum(x); label 1: the CE loss grows as every coordinate falls,
     # so the worst point of the L-inf ball (radius 0.3 around 0.5) is the corner 0.2. The
     # first step (2 eps) overshoots to the corner, momentum and halving must keep it there.
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     with torch.no_grad():
-        model[1].weight.copy_(torch.tensor([[0.0] * 4, [10.0] * 4]))
+        model[1].weight.copy_(torch.tensor([[0.0] * 4, [1.0] * 4]))
         model[1].bias.zero_()
     x, y = torch.full((1, 4), 0.5), torch.tensor([1])
     for norm, corner in (("linf", torch.full((1, 4), 0.2)), ("l2", torch.full((1, 4), 0.5 - 0.15))):

@@ -16,10 +16,10 @@ radius ``eta``) and, every iteration:
    gradient difference, and ``g = -sign(w)`` (L-inf) or ``-w / ||w||_2`` (L2) the
    steepest direction towards that boundary;
 3. moves along ``g`` by the adaptive step ``beta`` (:func:`arc_step_size`): the full
-   ``eta`` for the first member; for the others the smallest step that, after rescaling
-   the local perturbation back to the ``eta``-sphere, is guaranteed to cross ``f_m``'s
-   linearised boundary (so the earlier members' progress is disturbed as little as
-   possible), plus a margin ``rho``; ``eta`` when the boundary is out of reach;
+   ``eta`` for the first member and when the boundary is out of reach; otherwise the
+   smallest step that puts the local perturbation, rescaled to the ``eta``-sphere, past
+   ``f_m``'s linearised boundary (keeping as much as possible of the progress on the more
+   probable members), plus a margin ``rho``;
 4. keeps the candidate ``delta_l`` only if the mixture's expected 0-1 loss
    ``sum_i p_i 1[f_i(x') != y]`` (``x'`` the candidate, projected to the ``eps``-ball and
    the box) does not decrease;
@@ -39,13 +39,13 @@ from torch import nn
 
 from gametheory_defense.attacks.base import Attack, project, random_start, register_attack
 from gametheory_defense.attacks.losses import DEFAULT_KAPPA
-from gametheory_defense.errors import AttackError
 from gametheory_defense.attacks.mixture import (
     MixtureAwareMixin,
     MixtureComponent,
     expected_accuracy,
     mixture_components,
 )
+from gametheory_defense.errors import AttackError
 
 __all__ = ["ARC", "Linearization", "BoundaryStep", "linearize", "nearest_boundary", "arc_step_size"]
 
@@ -268,7 +268,6 @@ class ARC(MixtureAwareMixin, Attack):
     >>> import torch
     >>> from torch import nn
     >>> from gametheory_defense.ensemble import MixedStrategyModel
-    >>> torch.manual_seed(0) and None
     >>> mix = MixedStrategyModel([nn.Sequential(nn.Flatten(), nn.Linear(4, 3)) for _ in range(2)], [0.6, 0.4])
     >>> x, y = torch.rand(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
     >>> x_adv = ARC(0.5, steps=5, norm="l2")(mix, x, y, generator=torch.Generator().manual_seed(0))

@@ -275,7 +275,6 @@ class MixturePGD(MixtureAwareMixin, Attack):
     >>> import torch
     >>> from torch import nn
     >>> from gametheory_defense.ensemble import MixedStrategyModel
-    >>> torch.manual_seed(0) and None
     >>> mix = MixedStrategyModel([nn.Sequential(nn.Flatten(), nn.Linear(4, 3)) for _ in range(2)], [0.7, 0.3])
     >>> x, y = torch.rand(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
     >>> x_adv = MixturePGD(0.1, steps=5)(mix, x, y, generator=torch.Generator().manual_seed(0))

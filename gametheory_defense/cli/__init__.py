@@ -56,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    logging.captureWarnings(True)  # warnings become one log line each, not two raw lines
     try:
         code = args.func(args)
     except KeyboardInterrupt:

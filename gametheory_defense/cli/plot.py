@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 from payoff.matrix import load_payoff
 
 __all__ = ["register", "run", "load_equilibrium"]
-
-log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:

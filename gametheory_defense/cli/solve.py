@@ -45,7 +45,10 @@ def register(subparsers: Any) -> None:
         "--select",
         choices=SELECTIONS,
         default=None,
-        help="which optimal defender strategy to report when the optimum is not unique",
+        help=(
+            "which optimal defender strategy to report when several are optimal: clean (highest "
+            "clean accuracy; needs clean_accuracy, i.e. a JSON payoff), max-entropy, min-support"
+        ),
     )
     parser.add_argument(
         "--tol", type=_positive_float, default=1e-9, help="solver tolerance (default: %(default)g)"
