@@ -27,6 +27,7 @@ import platform
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -374,7 +375,9 @@ def _evaluate_models(
         results[name] = {
             "clean_accuracy": report_dict["clean_accuracy"],
             "attacks": {a["name"]: a["accuracy"] for a in report_dict["attacks"]},
+            "attacks_ci": {a["name"]: [a["ci_low"], a["ci_high"]] for a in report_dict["attacks"]},
             "worst_case_accuracy": report_dict["worst_case_accuracy"],
+            "worst_case_ci": [report_dict["worst_case_ci_low"], report_dict["worst_case_ci_high"]],
             "worst_case_accuracy_all_draws": report_dict.get("worst_case_accuracy_all_draws"),
             "stochastic": report_dict.get("stochastic"),
             "n_examples": report_dict.get("n_examples"),
@@ -490,7 +493,9 @@ def run_pipeline(
         progress=progress,
     )
     matrix.to_json(out / "payoff.json")
-    matrix.to_csv(out / "payoff.csv")
+    with warnings.catch_warnings():  # the CSV is the values-only view; payoff.json keeps everything
+        warnings.simplefilter("ignore", UserWarning)
+        matrix.to_csv(out / "payoff.csv")
     seconds["payoff"] = time.perf_counter() - t
 
     # 3. solve, plot, ensemble
