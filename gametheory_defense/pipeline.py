@@ -38,6 +38,7 @@ import torch
 from gametheory_defense import __version__
 from gametheory_defense.config import RunConfig, defender_names
 from gametheory_defense.errors import CheckpointError, ConfigError
+from payoff.builder import cell_seed
 
 __all__ = ["RunResult", "run_pipeline", "resolve_device"]
 
@@ -67,15 +68,6 @@ def resolve_device(device: str | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine")
     return dev
-
-
-def _seed_for(*parts: object) -> int:
-    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def _generator(*parts: object) -> torch.Generator:
-    return torch.Generator().manual_seed(_seed_for(*parts))
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -121,7 +113,7 @@ def _train_models(
     paths: dict[str, Path] = {}
     for m in config.models:
         path = models_dir / m.name
-        seed = m.seed if m.seed is not None else _seed_for(config.seed, "model", m.name)
+        seed = m.seed if m.seed is not None else cell_seed(config.seed, "model", m.name)
         recipe = {
             "architecture": m.architecture,
             "dataset": config.data.dataset,
@@ -194,31 +186,6 @@ def _load_defenders(specs: Mapping[str, Any], device: torch.device) -> dict[str,
 # --------------------------------------------------------------------------- double oracle
 
 
-def _accuracy_over_draws(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    repeats: int,
-    generator: torch.Generator,
-    batch_size: int,
-) -> tuple[float, float, int]:
-    """Accuracy of ``model`` on (x, y): mean over draws for stochastic models, with its stderr."""
-    from gametheory_defense.stochastic import is_stochastic, use_generator
-
-    draws = repeats if is_stochastic(model) else 1
-    correct = torch.zeros(draws, len(y), dtype=torch.bool)
-    with torch.no_grad(), use_generator(model, generator):
-        for r in range(draws):
-            for i in range(0, len(y), batch_size):
-                pred = model(x[i : i + batch_size]).argmax(1)
-                correct[r, i : i + batch_size] = (pred == y[i : i + batch_size]).cpu()
-    per_example = correct.float().mean(0).numpy()
-    n = len(per_example)
-    stderr = float(per_example.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
-    return float(per_example.mean()), stderr, n * draws
-
-
 def _run_double_oracle(
     config: RunConfig,
     out: Path,
@@ -233,72 +200,74 @@ def _run_double_oracle(
     from gametheory_defense.attacks import build_attack
     from gametheory_defense.double_oracle import OracleResponse, double_oracle
     from gametheory_defense.ensemble import MixedStrategyModel
+    from gametheory_defense.stochastic import is_stochastic, use_generator
+    from payoff.builder import cell_generator, correctness, data_digest, defender_identity, outcome_stats
+    from payoff.store import PayoffStore, canonical_json, cell_key
 
     do = config.double_oracle
     attack = build_attack(do.attack, **do.params)
-    cache_dir = out / "double_oracle_cells"
-    cache_dir.mkdir(exist_ok=True)
-    x, y = x.to(device), y.to(device)
+    store = PayoffStore(out / "cells")
+    batch = config.game.batch_size
+    digest = data_digest(x, y)
+    identities = {name: defender_identity(m) for name, m in defenders.items()}
     calls = {"n": 0}
 
     def attack_oracle(strategy: np.ndarray, current: Any) -> Any:
+        """Best response: the attack crafted against the current mixture; one cell per defender."""
         calls["n"] += 1
         names = list(current.defenders)
         probs = np.asarray(strategy, dtype=float)
-        key_src = json.dumps(
-            {
-                "strategy": [round(float(p), 9) for p in probs],
-                "defenders": names,
-                "attack": attack.config(),
-                "seed": config.seed,
-                "n": len(y),
-            },
-            sort_keys=True,
-        )
-        key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
-        cached = _read_json(cache_dir / f"{key}.json")
-        name = f"do{calls['n']}-{do.attack}"
-        if cached is not None and cached.get("key_src") == key_src:
-            log.info("double oracle: reusing column %s", name)
-            return OracleResponse(
-                name=name,
-                payoffs=np.asarray(cached["payoffs"]),
-                stderr=np.asarray(cached["stderr"]),
-                n_samples=np.asarray(cached["n_samples"]),
-                info={"cached": True},
-            )
         support = [i for i, p in enumerate(probs) if p > 1e-9]
-        mixture = MixedStrategyModel([defenders[names[i]] for i in support], probs[support], names=[names[i] for i in support])
-        gen = _generator(config.seed, "double-oracle", key)
-        x_adv = torch.cat(
-            [
-                attack(mixture, x[i : i + config.game.batch_size], y[i : i + config.game.batch_size], generator=gen)
-                for i in range(0, len(y), config.game.batch_size)
-            ]
-        )
-        payoffs, stderrs, ns = [], [], []
+        mixture_id = {
+            "members": [identities[names[i]] for i in support],
+            "strategy": [round(float(probs[i]), 9) for i in support],
+        }
+        cells = {}
         for dname in names:
-            acc, se, n = _accuracy_over_draws(
-                defenders[dname],
-                x_adv,
-                y,
-                repeats=config.game.repeats,
-                generator=_generator(config.seed, "double-oracle-eval", key, dname),
-                batch_size=config.game.batch_size,
+            draws = config.game.repeats if is_stochastic(defenders[dname]) else 1
+            identity = {
+                "kind": "double-oracle",
+                "defender": identities[dname],
+                "mixture": mixture_id,
+                "attack": attack.config(),
+                "data": digest,
+                "seed": config.seed,
+                "draws": draws,
+                "batch_size": batch,
+            }
+            cells[dname] = (cell_key(identity), identity, draws)
+        records = {d: store.get(k, expected_shape=(dr, len(y))) for d, (k, _, dr) in cells.items()}
+        if any(r is None for r in records.values()):
+            mixture = MixedStrategyModel(
+                [defenders[names[i]] for i in support], probs[support], names=[names[i] for i in support]
             )
-            payoffs.append(acc)
-            stderrs.append(se)
-            ns.append(n)
-        _write_json(
-            cache_dir / f"{key}.json",
-            {"key_src": key_src, "payoffs": payoffs, "stderr": stderrs, "n_samples": ns},
-        )
+            gen = cell_generator(config.seed, "double-oracle", canonical_json(mixture_id), canonical_json(attack.config()))
+            with use_generator(mixture, gen):
+                x_adv = torch.cat(
+                    [attack(mixture, x[i : i + batch], y[i : i + batch], generator=gen).cpu() for i in range(0, len(y), batch)]
+                )
+            for dname, (key, identity, draws) in cells.items():
+                if records[dname] is not None:
+                    continue
+                outcomes = np.stack(
+                    [
+                        correctness(
+                            defenders[dname], x_adv, y.cpu(),
+                            generator=cell_generator(config.seed, "double-oracle-eval", key, r),
+                            batch_size=batch, device=str(device),
+                        )
+                        for r in range(draws)
+                    ]
+                )
+                store.put(key, outcomes, identity=identity, info={"defender": dname, "attack": do.attack})
+            records = {d: store.get(k, expected_shape=(dr, len(y))) for d, (k, _, dr) in cells.items()}
+        stats = [outcome_stats(records[d].outcomes) for d in names]
         return OracleResponse(
-            name=name,
-            payoffs=np.asarray(payoffs),
-            stderr=np.asarray(stderrs),
-            n_samples=np.asarray(ns),
-            info={"attack": attack.config()},
+            name=f"do{calls['n']}-{do.attack}",
+            payoffs=np.array([s[0] for s in stats]),
+            stderr=np.array([s[1] for s in stats]),
+            n_samples=np.array([s[2] for s in stats]),
+            info={"attack": attack.config(), "mixture": mixture_id},
         )
 
     return double_oracle(
@@ -328,7 +297,6 @@ def _evaluate_models(
     progress: bool,
 ) -> dict[str, Any]:
     """Run the adaptive suite on every model (the mixture first) on the same examples."""
-    from gametheory_defense.ensemble import MixedStrategyModel
     from gametheory_defense.evaluation import evaluate, suite
 
     ev = config.evaluation
@@ -337,8 +305,9 @@ def _evaluate_models(
     results: dict[str, Any] = {"threat_model": {"norm": ev.norm, "eps": ev.eps}}
     reports: dict[str, Any] = {}
     for name, model in models.items():
-        # Pure defenders are wrapped as one-member mixtures so the very same attacks apply.
-        target = model if isinstance(model, MixedStrategyModel) else MixedStrategyModel([model], [1.0], names=[name])
+        # The suite adapts to the model: PGD/APGD (CE, CW, DLR) for deterministic models, EOT
+        # versions for randomized ones, mixture-aware PGD and ARC for mixtures (docs/evaluation.md).
+        target = model
         attacks = suite(ev.suite, eps=ev.eps, norm=ev.norm, model=target)
         key_src = json.dumps(
             {
@@ -366,7 +335,7 @@ def _evaluate_models(
                 repeats=ev.repeats,
                 batch_size=config.game.batch_size,
                 device=device,
-                seed=_seed_for(config.seed, "evaluate", name),
+                seed=cell_seed(config.seed, "evaluate", name),
                 progress=progress,
             )
             report_dict = report.to_dict()

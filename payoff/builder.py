@@ -65,6 +65,9 @@ __all__ = [
     "build_payoff_matrix",
     "FORMULATIONS",
     "cell_seed",
+    "cell_generator",
+    "correctness",
+    "outcome_stats",
     "data_digest",
     "defender_identity",
 ]
@@ -157,7 +160,7 @@ def cell_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little") & ((1 << 63) - 1)
 
 
-def _generator(*parts: object) -> torch.Generator:
+def cell_generator(*parts: object) -> torch.Generator:
     return torch.Generator().manual_seed(cell_seed(*parts))
 
 
@@ -211,7 +214,7 @@ def _batches(n: int, size: int) -> Iterator[slice]:
 
 
 @torch.no_grad()
-def _correct(
+def correctness(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator, batch_size: int, device: str
 ) -> np.ndarray:
     """Per-example correctness of one draw of ``model`` (bool array of length n)."""
@@ -252,9 +255,9 @@ def execute_task(
             model = get_model(cell.defender)
             outcomes = np.stack(
                 [
-                    _correct(
+                    correctness(
                         model, x, y,
-                        generator=_generator(seed, "clean", cell.defender_identity, r),
+                        generator=cell_generator(seed, "clean", cell.defender_identity, r),
                         batch_size=settings.batch_size, device=settings.device,
                     )
                     for r in range(cell.draws)
@@ -275,7 +278,7 @@ def execute_task(
     t0 = time.perf_counter()
     crafted: list[torch.Tensor] = []
     for r in range(task.source_draws):
-        g = _generator(seed, "craft", task.source_identity, task.attack_config, r)
+        g = cell_generator(seed, "craft", task.source_identity, task.attack_config, r)
         parts = []
         with use_generator(source, g):
             for sl in _batches(x.shape[0], settings.batch_size):
@@ -288,9 +291,9 @@ def execute_task(
         model = get_model(cell.defender)
         outcomes = np.stack(
             [
-                _correct(
+                correctness(
                     model, crafted[r % task.source_draws], y,
-                    generator=_generator(seed, "eval", cell.defender_identity, task.attack_config, task.source_identity, r),
+                    generator=cell_generator(seed, "eval", cell.defender_identity, task.attack_config, task.source_identity, r),
                     batch_size=settings.batch_size, device=settings.device,
                 )
                 for r in range(cell.draws)
@@ -324,7 +327,7 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _stats(outcomes: np.ndarray) -> tuple[float, float, int]:
+def outcome_stats(outcomes: np.ndarray) -> tuple[float, float, int]:
     """(mean accuracy, standard error over examples of the draw-averaged correctness, n x draws)."""
     draws, n = outcomes.shape
     per_example = outcomes.mean(axis=0, dtype=np.float64)
@@ -640,10 +643,10 @@ def build_payoff_matrix(
         n_samples = np.empty(shape, dtype=np.int64)
         clean = np.empty(len(defs))
         for i, d in enumerate(defs):
-            clean[i] = _stats(outcome(clean_keys[d], draws_of(d)))[0]
+            clean[i] = outcome_stats(outcome(clean_keys[d], draws_of(d)))[0]
             for j, ((a, s), col) in enumerate(zip(columns, col_names)):
                 src = d if s is None else s
-                values[i, j], stderr[i, j], n_samples[i, j] = _stats(outcome(cell_keys[d][col], draws_of(d, src)))
+                values[i, j], stderr[i, j], n_samples[i, j] = outcome_stats(outcome(cell_keys[d][col], draws_of(d, src)))
 
         run_id = hashlib.sha256(
             canonical_json({"rows": list(defs), "cols": col_names, "cells": cell_keys, "clean": clean_keys}).encode()

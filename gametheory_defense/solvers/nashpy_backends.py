@@ -1,6 +1,6 @@
-"""Nashpy's algorithms (Knight and Campbell 2018) as comparison backends.
+"""Nashpy's algorithms (Knight and Campbell 2018) and support enumeration, for comparison.
 
-``nashpy-lp`` solves the minimax LP once per player. The other three are bimatrix-game
+``nashpy-lp`` solves the minimax LP once per player. The other three are equilibrium
 algorithms (Nisan et al. 2007, ch. 3) that take exponential time in the worst case, so each
 refuses games above a documented size with :class:`GameTooLargeError` (use ``method="lp"``)
 instead of hanging. They are run on the strategically equivalent strictly positive
@@ -12,6 +12,7 @@ which the front door then reports as ``"inaccurate"``).
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -31,8 +32,8 @@ __all__ = [
     "LEMKE_HOWSON_MAX_STRATEGIES",
 ]
 
-SUPPORT_ENUMERATION_MAX_STRATEGIES = 16
-"""Largest ``m + n`` accepted by ``support-enumeration`` (up to (2^m - 1)(2^n - 1) support pairs)."""
+SUPPORT_ENUMERATION_MAX_STRATEGIES = 18
+"""Largest ``m + n`` accepted by ``support-enumeration`` (``C(m + n, m) - 1`` square supports)."""
 VERTEX_ENUMERATION_MAX_STRATEGIES = 16
 """Largest ``m + n`` accepted by ``vertex-enumeration`` (every vertex pair of two polytopes)."""
 LEMKE_HOWSON_MAX_STRATEGIES = 120
@@ -113,10 +114,18 @@ def solve_nashpy_lp(values: np.ndarray, *, tol: float = 1e-9) -> SolverOutput:
 
 
 def solve_support_enumeration(values: np.ndarray, *, tol: float = 1e-9) -> SolverOutput:
-    """Support enumeration (Nisan et al. 2007, Alg. 3.4) via nashpy, for small games.
+    """Support enumeration over square supports (Shapley and Snow 1950; Nisan et al. 2007, Alg. 3.4).
 
-    Every pair of supports of any sizes is tried (the zero-sum games of interest are often
-    degenerate), smallest first, stopping at the first certified equilibrium.
+    For a zero-sum game with a non-zero value every extreme equilibrium comes from a square,
+    non-singular k x k submatrix ``M`` (a Shapley-Snow kernel):
+    ``y_J = M^-1 1 / (1' M^-1 1)``, ``x_I = 1' M^-1 / (1' M^-1 1)``. The payoffs are first
+    shifted to ``A - min A + 1`` (value >= 1), then supports are tried smallest first, and the
+    first candidate whose certificate on the original game is within ``tol`` is returned.
+    That is ``C(m + n, m) - 1`` small linear solves in the worst case.
+
+    nashpy's ``support_enumeration`` is not used here: its exact tests (``prob >= 0`` and
+    ``==`` between float payoffs) reject true equilibria of random games through round-off
+    (e.g. one in three uniform random 5 x 5 games yields nothing).
 
     Raises
     ------
@@ -124,9 +133,29 @@ def solve_support_enumeration(values: np.ndarray, *, tol: float = 1e-9) -> Solve
         If ``m + n`` exceeds :data:`SUPPORT_ENUMERATION_MAX_STRATEGIES`.
     """
     _check_size(values, "support-enumeration", SUPPORT_ENUMERATION_MAX_STRATEGIES)
-    a, b = _positive_bimatrix(values)
-    gen = _nashpy().Game(a, b).support_enumeration(non_degenerate=False)
-    return _first_certified(values, _quiet(gen), tol, "support-enumeration")
+    m, n = values.shape
+    shifted = values - values.min() + 1.0
+
+    def candidates() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for k in range(1, min(m, n) + 1):
+            for rows in itertools.combinations(range(m), k):
+                for cols in itertools.combinations(range(n), k):
+                    kernel = shifted[np.ix_(rows, cols)]
+                    try:
+                        w = np.linalg.solve(kernel, np.ones(k))
+                        z = np.linalg.solve(kernel.T, np.ones(k))
+                    except np.linalg.LinAlgError:
+                        continue
+                    total = w.sum()
+                    if not abs(total) > 1e-12 or w.min() / total < -1e-9 or z.min() / total < -1e-9:
+                        continue
+                    x = np.zeros(m)
+                    y = np.zeros(n)
+                    x[list(rows)] = z / total
+                    y[list(cols)] = w / total
+                    yield x, y
+
+    return _first_certified(values, candidates(), tol, "support-enumeration")
 
 
 def solve_vertex_enumeration(values: np.ndarray, *, tol: float = 1e-9) -> SolverOutput:
@@ -167,30 +196,56 @@ def _trivial_side(values: np.ndarray) -> SolverOutput:
     return SolverOutput(x, y, OPTIMAL, None)
 
 
-def solve_lemke_howson(values: np.ndarray, *, tol: float = 1e-9) -> SolverOutput:
-    """The Lemke-Howson algorithm with lexicographic pivoting (Lemke and Howson 1964) via nashpy.
+def _lemke_howson_path(a: np.ndarray, b: np.ndarray, label: int, max_pivots: int) -> tuple[Any, Any] | None:
+    """Follow nashpy's lexicographic Lemke-Howson path from ``label``; None if it is too long.
+
+    The same steps as ``nashpy.Game.lemke_howson`` with a cap on the number of pivots,
+    because nashpy's loop has none and can cycle on degenerate games.
+    """
+    from nashpy.linalg import create_col_tableau, create_row_tableau
+
+    col = create_col_tableau(a, True)
+    row = create_row_tableau(b, True)
+    order = (row, col) if label in row.non_basic_variables else (col, row)
+    full = col.labels
+    entering = label
+    for step in range(max_pivots):
+        entering = order[step % 2].pivot_and_drop_label(entering)
+        if col.non_basic_variables | row.non_basic_variables == full:
+            return row.to_strategy(col.non_basic_variables), col.to_strategy(row.non_basic_variables)
+    return None
+
+
+def solve_lemke_howson(values: np.ndarray, *, tol: float = 1e-9, max_pivots: int | None = None) -> SolverOutput:
+    """The Lemke-Howson algorithm with lexicographic pivoting (Lemke and Howson 1964) via nashpy's tableaux.
 
     Starts from dropped label 0 and tries the next labels until an equilibrium passes the
-    certificate.
+    certificate. Each path is capped at ``max_pivots`` pivots (default ``50 (m + n)``) so
+    that a cycling path on a degenerate game fails instead of hanging.
 
     Raises
     ------
     GameTooLargeError
         If ``m + n`` exceeds :data:`LEMKE_HOWSON_MAX_STRATEGIES`.
+    SolverError
+        If no path ends at a certified equilibrium.
     """
     _check_size(values, "lemke-howson", LEMKE_HOWSON_MAX_STRATEGIES)
+    m, n = values.shape
+    if m == 1 or n == 1:
+        return _trivial_side(values)  # nashpy's tableaux need two strategies per player
+    cap = 50 * (m + n) if max_pivots is None else int(max_pivots)
     a, b = _positive_bimatrix(values)
-    game = _nashpy().Game(a, b)
-    labels = range(sum(values.shape))
 
     def runs() -> Iterator[tuple[Any, Any]]:
-        for label in labels:
+        for label in range(m + n):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 try:
-                    yield game.lemke_howson(initial_dropped_label=label)
-                except (ValueError, IndexError, ZeroDivisionError, np.linalg.LinAlgError):
+                    found = _lemke_howson_path(a, b, label, cap)
+                except (ValueError, IndexError, KeyError, ZeroDivisionError, np.linalg.LinAlgError):
                     continue
+            if found is not None:
+                yield found
 
     return _first_certified(values, runs(), tol, "lemke-howson")
-
