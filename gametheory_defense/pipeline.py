@@ -446,7 +446,11 @@ def run_pipeline(
     from gametheory_defense.attacks import build_attack
 
     attackers = {a.name: build_attack(a.attack, **a.params) for a in config.attackers}
-    ray_options = {"num_gpus": config.game.ray_num_gpus, "address": config.game.ray_address}
+    ray_options = (
+        {"num_gpus": config.game.ray_num_gpus, "address": config.game.ray_address}
+        if config.game.executor == "ray"
+        else None
+    )
     matrix = build_payoff_matrix(
         specs,
         attackers,

@@ -118,7 +118,9 @@ def render_report(
             "",
             f"Threat model {tm['norm']} eps {tm['eps']}; suite `{config.evaluation.suite}` "
             "(see docs/evaluation.md), run on every model on the same examples. Worst case is per example "
-            "over all attacks; for stochastic models the accuracy is averaged over draws.",
+            "over all attacks; for stochastic models the accuracy is averaged over draws. The suite adapts "
+            "to the model: PGD and APGD for deterministic models, EOT versions for randomized ones, "
+            "mixture-aware PGD and ARC for mixtures (`-`: not in the suite for that kind of model).",
             "",
         ]
         names = [k for k in robustness if k != "threat_model"]
@@ -132,7 +134,7 @@ def render_report(
             r = robustness[k]
             rrows.append(
                 [f"`{k}`", pct(r["clean_accuracy"])]
-                + [pct(r["attacks"].get(a)) for a in attack_names]
+                + [pct(r["attacks"][a]) if a in r["attacks"] else "-" for a in attack_names]
                 + [f"**{pct(r['worst_case_accuracy'])}**"]
             )
         lines += _table(["model", "clean", *[f"`{a}`" for a in attack_names], "worst case"], rrows)

@@ -11,9 +11,9 @@ method                algorithm
 ``lp``                one HiGHS LP; the attacker's strategy from its duals (default)
 ``cvxpy``             the same LP through CVXPY
 ``nashpy-lp``         nashpy's ``linear_program`` (one LP per player; for comparison)
-``support-enumeration`` nashpy, ``m + n <= 16``
-``vertex-enumeration``  nashpy, ``m + n <= 16``
-``lemke-howson``      nashpy, lexicographic pivoting, ``m + n <= 120``
+``support-enumeration`` Shapley-Snow square supports, ``m + n <= 18``
+``vertex-enumeration``  nashpy, ``m + n <= 14``
+``lemke-howson``      nashpy's tableaux, lexicographic pivoting, ``m + n <= 24``
 ``fictitious-play``   alternating fictitious play (iterative)
 ``regret-matching``   alternating regret matching+ with linear averaging (iterative)
 ``pdhg``              restarted primal-dual hybrid gradient (iterative; for large games)
