@@ -480,7 +480,7 @@ def run_pipeline(
     _close(fig)
     defenders = _load_defenders(specs, dev)
     ensemble = MixedStrategyModel.from_equilibrium(eq, defenders)
-    ensemble.save(out / "ensemble")
+    ensemble.save(out / "ensemble", overwrite=True)
     seconds["solve"] = time.perf_counter() - t
 
     # 4. double oracle
@@ -494,7 +494,7 @@ def run_pipeline(
         fig.savefig(out / "double_oracle.png", dpi=120, bbox_inches="tight")
         _close(fig)
         do_ensemble = MixedStrategyModel.from_equilibrium(do_result.equilibrium, defenders)
-        do_ensemble.save(out / "ensemble_double_oracle")
+        do_ensemble.save(out / "ensemble_double_oracle", overwrite=True)
         seconds["double_oracle"] = time.perf_counter() - t
 
     # 5. adaptive evaluation on the same examples

@@ -97,9 +97,9 @@ def test_demo_numbers_make_sense(demo):
 def test_resume_reuses_everything(demo):
     out, _ = demo
     before = (out / "payoff.json").read_text()
-    proc = gtdefense("demo", "--out", str(out), "--resume", "--no-progress", "-v")
+    proc = gtdefense("-v", "demo", "--out", str(out), "--resume", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "training" not in proc.stderr  # models reused, not retrained
+    assert "reusing trained model standard" in proc.stderr and "training standard" not in proc.stderr
     after = json.loads((out / "payoff.json").read_text())
     assert after["values"] == json.loads(before)["values"]
 

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from gametheory_defense.errors import GTDError
 
-    return (GTDError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+    return (GTDError, ValueError, OSError)  # OSError: missing, existing or unreadable files
 
 
 def main(argv: Sequence[str] | None = None) -> int:

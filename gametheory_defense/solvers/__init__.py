@@ -169,8 +169,10 @@ def solve_zero_sum(
     values = game.values
     m, n = values.shape
 
+    frozen = values.view()  # solvers get a read-only view: no copy of a large game
+    frozen.setflags(write=False)
     try:
-        raw = fn(values.copy(), tol=float(tol), **options)
+        raw = fn(frozen, tol=float(tol), **options)
     except GTDError:
         raise
     except (ValueError, TypeError) as exc:

@@ -226,7 +226,11 @@ def solve_lemke_howson(values: np.ndarray, *, tol: float = 1e-9, max_pivots: int
 
     Starts from dropped label 0 and tries the next labels until an equilibrium passes the
     certificate. Each path is capped at ``max_pivots`` pivots (default ``50 (m + n)``) so
-    that a cycling path on a degenerate game fails instead of hanging.
+    that a cycling path on a degenerate game fails instead of hanging. nashpy's
+    lexicographic rule does not cover every degenerate game (e.g. 0/1 matrices); when no
+    path is certified, the paths are followed on the game perturbed by ``1e-7`` times a
+    fixed generic matrix and the original game is then solved exactly on the supports they
+    end at (a Shapley-Snow kernel), which the certificate checks as usual.
 
     Raises
     ------
@@ -240,9 +244,16 @@ def solve_lemke_howson(values: np.ndarray, *, tol: float = 1e-9, max_pivots: int
     if m == 1 or n == 1:
         return _trivial_side(values)  # nashpy's tableaux need two strategies per player
     cap = 50 * (m + n) if max_pivots is None else int(max_pivots)
-    a, b = _positive_bimatrix(values)
 
-    def runs() -> Iterator[tuple[Any, Any]]:
+    # nashpy's paths end at non-equilibria on many games with more rows than columns (every
+    # random 5 x 4, 6 x 3, 7 x 2 game we tried), so such games are solved with the roles
+    # swapped: the attacker as the row player of the transposed game.
+    swap = m > n
+
+    def runs(game: np.ndarray) -> Iterator[tuple[Any, Any]]:
+        a, b = _positive_bimatrix(game)
+        if swap:
+            a, b = b.T, a.T
         for label in range(m + n):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -251,6 +262,54 @@ def solve_lemke_howson(values: np.ndarray, *, tol: float = 1e-9, max_pivots: int
                 except (ValueError, IndexError, KeyError, ZeroDivisionError, np.linalg.LinAlgError):
                     continue
             if found is not None:
-                yield found
+                yield (found[1], found[0]) if swap else found
 
-    return _first_certified(values, runs(), tol, "lemke-howson")
+    try:
+        first = _first_certified(values, runs(values), tol, "lemke-howson")
+    except SolverError:
+        first = None
+    if first is not None and exploitability(values, first[0], first[1]) <= tol:
+        return first
+    # Degenerate game: follow the path on a slightly perturbed (generic) game, then solve the
+    # original game exactly on the supports found there (a Shapley-Snow kernel).
+    perturbed = values + _PERTURBATION * (1.0 + np.ptp(values)) * _generic_matrix(m, n)
+    candidates = list(itertools.islice(runs(perturbed), 3))
+    polished = [_kernel_on_supports(values, x, y) for x, y in candidates]
+    pool = [c for c in polished if c is not None] + candidates + ([first[:2]] if first is not None else [])
+    return _first_certified(values, pool, tol, "lemke-howson")
+
+
+_PERTURBATION = 1e-7
+
+
+def _generic_matrix(m: int, n: int) -> np.ndarray:
+    """A fixed matrix in [0, 1) with no arithmetic ties (fractional parts of a Kronecker sequence)."""
+    i = np.arange(1, m + 1)[:, None]
+    j = np.arange(1, n + 1)[None, :]
+    return np.modf(i * 0.6180339887498949 + j * 0.41421356237309515 + i * j * 0.7320508075688772)[0]
+
+
+def _kernel_on_supports(values: np.ndarray, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """Exact equilibrium of ``values`` on the supports of ``(x, y)`` if they form a square kernel."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))) or x.sum() <= 0 or y.sum() <= 0:
+        return None
+    rows = np.flatnonzero(x / x.sum() > 1e-9)
+    cols = np.flatnonzero(y / y.sum() > 1e-9)
+    if rows.size != cols.size:
+        return None
+    kernel = values[np.ix_(rows, cols)] - values.min() + 1.0
+    try:
+        w = np.linalg.solve(kernel, np.ones(rows.size))
+        z = np.linalg.solve(kernel.T, np.ones(rows.size))
+    except np.linalg.LinAlgError:
+        return None
+    total = w.sum()
+    if not abs(total) > 1e-12:
+        return None
+    full_x = np.zeros(values.shape[0])
+    full_y = np.zeros(values.shape[1])
+    full_x[rows] = z / total
+    full_y[cols] = w / total
+    return full_x, full_y

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -151,11 +152,18 @@ def _max_entropy(values: np.ndarray, floor: float) -> np.ndarray:
     m, _ = values.shape
     x = cp.Variable(m, nonneg=True)
     problem = cp.Problem(cp.Maximize(cp.sum(cp.entr(x))), [values.T @ x >= floor, cp.sum(x) == 1])
-    solvers = [s for s in ("CLARABEL", "SCS") if s in cp.installed_solvers()]
+    settings = {
+        # Tight enough that round-off stays well inside the selection slack (>= 1e-12).
+        "CLARABEL": {"tol_feas": 1e-13, "tol_gap_abs": 1e-13, "tol_gap_rel": 1e-13, "max_iter": 500},
+        "SCS": {"eps_abs": 1e-12, "eps_rel": 1e-12, "max_iters": 100_000},
+    }
     errors = []
-    for solver in solvers:
+    for solver in [s for s in settings if s in cp.installed_solvers()]:
         try:
-            problem.solve(solver=solver)
+            with warnings.catch_warnings():
+                # "Solution may be inaccurate": the repair step and the certificate handle it.
+                warnings.simplefilter("ignore", UserWarning)
+                problem.solve(solver=solver, **settings[solver])
         except cp.error.SolverError as exc:
             errors.append(f"{solver}: {exc}")
             continue
