@@ -12,6 +12,13 @@ from gametheory_defense.solvers._core import OPTIMAL, SolverOutput
 __all__ = ["solve_cvxpy", "PREFERRED_SOLVERS"]
 
 PREFERRED_SOLVERS = ("HIGHS", "CLARABEL", "SCIPY")
+
+# Solver settings tighter than the defaults (HiGHS: 1e-7 feasibility), so that entries that
+# differ by less than 1e-7 (e.g. a 6e-8 payoff next to 1s) are still resolved.
+_TIGHT: dict[str, dict[str, Any]] = {
+    "HIGHS": {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10},
+    "CLARABEL": {"tol_feas": 1e-10, "tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10},
+}
 """CVXPY solvers tried in this order when ``solver`` is not given (first installed wins)."""
 
 
@@ -45,11 +52,15 @@ def solve_cvxpy(values: np.ndarray, *, tol: float = 1e-9, solver: str | None = N
     elif solver not in installed:
         raise ValueError(f"CVXPY solver {solver!r} is not installed; installed: {sorted(installed)}")
     m, _ = values.shape
+    # Rescaled to [0, 1] (strategies are invariant) so solver tolerances stay meaningful.
+    spread = float(np.ptp(values))
+    scaled = (values - values.min()) / spread if spread > 0 else np.zeros_like(values)
     x = cp.Variable(m, nonneg=True)
     v = cp.Variable()
-    guarantee = values.T @ x >= v
+    guarantee = scaled.T @ x >= v
     problem = cp.Problem(cp.Maximize(v), [guarantee, cp.sum(x) == 1])
     kwargs: dict[str, Any] = {} if solver is None else {"solver": solver}
+    kwargs.update(_TIGHT.get(solver or "", {}))
     try:
         problem.solve(**kwargs)
     except cp.error.SolverError as exc:

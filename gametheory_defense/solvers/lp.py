@@ -96,13 +96,20 @@ def maximin(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Solve the LP above once; ``(x, y, v)`` with the attacker's ``y`` from the duals.
 
+    The payoffs are first rescaled to [0, 1] (``v`` is mapped back).
+
     Raises
     ------
     SolverError
         If HiGHS does not report an optimal solution (its message is included).
     """
     m, _ = values.shape
-    a_ub, b_ub = inequality_constraints(values)
+    # The strategies are invariant to an affine change of payoffs; solving the game rescaled
+    # to [0, 1] keeps HiGHS's absolute tolerances (1e-7 by default) meaningful for games whose
+    # entries differ by less than that (e.g. 1 + [[6e-8], [1e-7]]).
+    low, spread = float(values.min()), float(np.ptp(values))
+    scaled = (values - low) / spread if spread > 0 else np.zeros_like(values)
+    a_ub, b_ub = inequality_constraints(scaled)
     a_eq, b_eq = equality_constraints(m)
     res = scipy.optimize.linprog(
         objective(m),
@@ -118,7 +125,7 @@ def maximin(
         raise SolverError(f"HiGHS ({algorithm}) failed on the {values.shape} game: {res.message}")
     x = np.asarray(res.x[:m])
     y = -np.asarray(res.ineqlin.marginals)
-    return x, y, float(res.x[m])
+    return x, y, low + spread * float(res.x[m])
 
 
 def solve_lp(values: np.ndarray, *, tol: float = 1e-9, algorithm: HighsAlgorithm = "auto") -> SolverOutput:
@@ -126,8 +133,9 @@ def solve_lp(values: np.ndarray, *, tol: float = 1e-9, algorithm: HighsAlgorithm
 
     One LP gives the defender's maximin strategy (primal) and the attacker's minimax
     strategy (the duals of the ``n`` inequality constraints); see the formulation above.
-    If the certificate of the solution misses ``tol`` the LP is solved again with tight
-    feasibility tolerances and the better pair is kept.
+    If the certificate of the solution misses ``tol`` the LP is solved again with
+    feasibility tolerances of 1e-10, first with the same HiGHS algorithm, then with the
+    other one, keeping the best pair.
 
     Parameters
     ----------
@@ -147,15 +155,16 @@ def solve_lp(values: np.ndarray, *, tol: float = 1e-9, algorithm: HighsAlgorithm
     chosen = _algorithm(values, algorithm)
     x, y, _ = maximin(values, algorithm=chosen)
     gap = exploitability(values, np.clip(x, 0, None), np.clip(y, 0, None))
-    if gap > tol:
-        log.info("lp: certificate %.3g > tol %.3g with %s; retrying with tight tolerances", gap, tol, chosen)
-        retry = "highs-ds" if chosen == "highs-ipm" else "highs-ipm"
+    other = "highs-ds" if chosen == "highs-ipm" else "highs-ipm"
+    for retry in (chosen, other):
+        if gap <= tol:
+            break
+        log.info("lp: certificate %.3g > tol %.3g; retrying with %s and tight tolerances", gap, tol, retry)
         try:
             x2, y2, _ = maximin(values, algorithm=retry, options=dict(_TIGHT))
         except SolverError:
-            pass
-        else:
-            gap2 = exploitability(values, np.clip(x2, 0, None), np.clip(y2, 0, None))
-            if gap2 < gap:
-                x, y = x2, y2
+            continue
+        gap2 = exploitability(values, np.clip(x2, 0, None), np.clip(y2, 0, None))
+        if gap2 < gap:
+            x, y, gap = x2, y2, gap2
     return SolverOutput(x, y, OPTIMAL, None)
