@@ -33,6 +33,7 @@ _LAZY = {
     "SanityCheckWarning": "gametheory_defense.evaluation",
     "double_oracle": "gametheory_defense.double_oracle",
     "DoubleOracleResult": "gametheory_defense.double_oracle",
+    "OracleResponse": "gametheory_defense.double_oracle",
     "load_dataset": "gametheory_defense.data",
     "build_model": "gametheory_defense.models",
     "apply_sap": "gametheory_defense.sap",
