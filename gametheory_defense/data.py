@@ -835,6 +835,40 @@ def _find_in(directory: Path, files: Sequence[RemoteFile]) -> dict[str, Path]:
     return found
 
 
+def _same_named_elsewhere(spec: DatasetSpec, found: Mapping[str, Path]) -> tuple[str, Path] | None:
+    """``(other data set, file)`` if a file found for ``spec`` is another data set's published file.
+
+    MNIST and Fashion-MNIST publish files of the same names, so a folder of one is a
+    complete-looking folder of the other. Only files whose name another registered data set
+    also publishes are hashed (against that data set's published and decompressed MD5s).
+    """
+    for published, path in found.items():
+        others = [
+            (other.name, remote)
+            for other in DATASETS.values()
+            if other.name != spec.name
+            for remotes in other.files.values()
+            for remote in remotes
+            if remote.name == published
+        ]
+        if not others or not path.is_file():
+            continue
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            continue  # the loader reports unreadable files
+        digests = {_md5(raw)}
+        if raw[:2] == b"\x1f\x8b" and any(remote.raw_md5 for _, remote in others):
+            try:
+                digests.add(_md5(gzip.decompress(raw)))
+            except (OSError, EOFError, zlib.error):
+                pass  # the loader reports bad gzip data
+        for other_name, remote in others:
+            if digests & {remote.md5, remote.raw_md5}:
+                return other_name, path
+    return None
+
+
 def _fetch(url: str, out: BinaryIO, *, timeout: float, progress: bool, desc: str) -> str:
     """Stream ``url`` into ``out``; return the MD5 of what was written."""
     digest = hashlib.md5(usedforsecurity=False)
@@ -944,11 +978,23 @@ def _locate(
 ) -> dict[str, Path]:
     files = spec.files[split]
     dirs = search_dirs(spec.name, data_dir)
+    foreign: tuple[str, Path] | None = None
     for directory in dirs:
         found = _find_in(directory, files)
         if len(found) == len(files):
-            return found
+            clash = None if directory.name == spec.name else _same_named_elsewhere(spec, found)
+            if clash is None:
+                return found
+            logger.warning("skipping %s: it is the %s file, not %s's", clash[1], clash[0], spec.name)
+            foreign = foreign or clash
     if not download:
+        if foreign is not None:
+            other, path = foreign
+            raise DataError(
+                f"{path} is the published {other} file of that name, not {spec.name}'s; put the "
+                f"{spec.name} files in {path.parent / spec.name} (or pass data_dir=DIR holding them), "
+                "or use download=True (CLI --download)"
+            )
         raise DataError(_missing_message(spec, split, dirs))
     target = default_cache_dir() / spec.name
     for remote in files:

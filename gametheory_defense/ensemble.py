@@ -197,6 +197,7 @@ class MixedStrategyModel(StochasticModule):
         self.value: float | None = value
         self.metadata: dict[str, Any] = dict(metadata or {})
         self._probs_cpu = torch.from_numpy(np.array(self._strategy))
+        self._support_cpu = torch.nonzero(self._probs_cpu > 0).flatten()
 
     # ---------------------------------------------------------------- properties
     @property
@@ -231,8 +232,15 @@ class MixedStrategyModel(StochasticModule):
         if n == 0:
             return torch.zeros(0, dtype=torch.long)
         g = self.generator
-        probs = self._probs_cpu if g is None else self._probs_cpu.to(g.device)
-        return torch.multinomial(probs, n, replacement=True, generator=g).cpu()
+        # Draw over the support only, then map back: a zero-weight member cannot be drawn
+        # whatever the sampler does with zero entries (e.g. a uniform draw of exactly 0).
+        # With a full support this is the same stream as sampling over all members.
+        support = self._support_cpu
+        probs = self._probs_cpu[support]
+        if g is not None:
+            probs = probs.to(g.device)
+        drawn = torch.multinomial(probs, n, replacement=True, generator=g).cpu()
+        return support[drawn]
 
     def _run(self, i: int, x: torch.Tensor) -> torch.Tensor:
         member = self.members[i]

@@ -2,8 +2,9 @@
 
 :func:`evaluate` measures a model (pure, SAP, or a mixed strategy) under a set of attacks
 and reports, with confidence intervals, the clean accuracy, the accuracy under each
-attack and the **per-example worst case** over all of them: an example counts as robust
-only if it is classified correctly clean and under every attack. That worst case is the
+attack and the **per-example worst case** over all of them: for each example, the lowest
+probability of a correct answer among clean and every attack (for a deterministic model:
+correct clean and under every attack), averaged over examples. That worst case is the
 number to quote.
 
 For a randomized model every figure is measured over ``repeats`` independent draws (of
@@ -313,9 +314,10 @@ class RobustnessReport:
     attacks : tuple of AttackResult
         One per attack, in the order run.
     worst_case_accuracy : float
-        Per-example worst case: an example counts in a draw only if it is correct clean
-        and under every attack in that draw; averaged over examples and draws. **The
-        number to quote.**
+        Per-example worst case: for each example the lowest probability of a correct
+        answer (estimated over the draws) among clean and every attack, averaged over
+        examples; for a deterministic model, the fraction of examples correct clean and
+        under every attack. **The number to quote.**
     worst_case_ci_low, worst_case_ci_high : float
         Its confidence interval.
     worst_case_accuracy_all_draws : float
@@ -810,12 +812,20 @@ def evaluate(
         finally:
             bar.close()
 
+        # Per example, the attacker picks the attack (or none) that minimises the probability
+        # of a correct answer, estimated over the draws; the quoted figure averages that
+        # minimum over examples. ``worst`` (correct under every measurement of a draw) gives
+        # the stricter all-draws figure.
         worst = clean.copy()
+        per_example_min = clean.mean(axis=0, dtype=np.float64)
         for r in results:
             assert r.outcomes is not None
             worst &= r.outcomes
+            per_example_min = np.minimum(per_example_min, r.outcomes.mean(axis=0, dtype=np.float64))
         c_mean, c_lo, c_hi, c_all = _summary(clean, confidence)
-        w_mean, w_lo, w_hi, w_all = _summary(worst, confidence)
+        w_mean = float(per_example_min.mean()) if n else 0.0
+        w_lo, w_hi = wilson_interval(w_mean, n, confidence=confidence)
+        w_all = float(worst.all(axis=0).mean()) if n else 0.0
 
         if sanity_checks:
             _late_checks(model, x_all, y_all, results, threat, stochastic, seed, batch_size, sanity, warn)

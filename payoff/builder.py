@@ -579,10 +579,17 @@ def build_payoff_matrix(
         return False
 
     tasks: list[ColumnTask] = []
-    missing_clean = tuple(j for j in clean_jobs if not lookup(j))
+    seen_keys: set[str] = set()
+    missing_clean_list = []
+    for j in clean_jobs:
+        if j.key in seen_keys:  # the same model twice: one computation
+            continue
+        seen_keys.add(j.key)
+        if not lookup(j):
+            missing_clean_list.append(j)
+    missing_clean = tuple(missing_clean_list)
     if missing_clean:
         tasks.append(ColumnTask(None, None, None, None, 0, missing_clean))
-    seen_keys: set[str] = set()
     for (a, s), cells in jobs.items():
         todo = []
         for j in cells:

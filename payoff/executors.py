@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -255,6 +256,9 @@ def _run_ray(
         for name, model in models.items():
             identity = defender_identity(model)
             spec = specs.get(name)
+            if spec is not None:
+                # workers may run in another directory (or machine): ship absolute paths
+                spec = replace(spec, checkpoint=Path(spec.checkpoint).expanduser().resolve())
             payloads[name] = {"spec": spec if spec is not None else ModulePayload.from_module(name, model, identity), "identity": identity}
         payloads_ref = ray.put(payloads)
         attacks_ref = ray.put(dict(attacks))
@@ -264,7 +268,8 @@ def _run_ray(
             num_gpus=float(ray_options.get("num_gpus", 0)),
         )
         pending = [
-            remote.remote(task, payloads_ref, attacks_ref, data_ref, settings, str(store.root)) for task in tasks
+            remote.remote(task, payloads_ref, attacks_ref, data_ref, settings, str(store.root.expanduser().resolve()))
+            for task in tasks
         ]
         log.info("submitted %d payoff tasks to Ray", len(pending))
         while pending:

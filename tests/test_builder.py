@@ -129,6 +129,20 @@ def test_transfer_game_crafts_once_per_attack_and_source(
     assert tr.metadata["columns"]["pgd@b"] == {"attack": "pgd", "source": "b"}
 
 
+def test_same_model_twice_is_computed_once(trained: dict[str, nn.Module], evalset: tuple) -> None:
+    x, y = evalset
+    attack = Counting(FGSM(0.1))
+    with pytest.warns(UserWarning, match="are the same model"):
+        m = build_payoff_matrix(
+            {"a": trained["a"], "a-again": trained["a"]}, {"fgsm": attack}, (x, y), progress=False
+        )
+    # one clean cell and one adversarial cell: nothing counted twice, nothing negative
+    assert m.metadata["cells_computed"] == 2 and m.metadata["cells_reused"] == 0
+    assert m.metadata["crafts"] == 1 and attack.calls == 1
+    np.testing.assert_array_equal(m.values[0], m.values[1])
+    assert m.clean_accuracy[0] == m.clean_accuracy[1]
+
+
 # --------------------------------------------------------------------------- stochastic defenders
 
 
@@ -316,10 +330,14 @@ def test_bad_arguments_raise(trained: dict[str, nn.Module], evalset: tuple, tmp_
 
 
 @pytest.mark.ray
-def test_ray_executor_equals_serial(trained: dict[str, nn.Module], evalset: tuple, tmp_path: Path) -> None:
+def test_ray_executor_equals_serial(
+    trained: dict[str, nn.Module], evalset: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pytest.importorskip("ray")
     x, y = evalset
-    base = save_checkpoint(trained["a"], tmp_path / "ckpt" / "a")
+    save_checkpoint(trained["a"], tmp_path / "ckpt" / "a")
+    monkeypatch.chdir(tmp_path)
+    base = Path("ckpt") / "a"  # relative paths (spec and store) are resolved before shipping to workers
     defenders: dict[str, Any] = {
         "a": DefenderSpec("a", base),  # shipped as a spec
         "a+sap": DefenderSpec("a+sap", base, sap={"frac": 0.5, "mode": "exact", "layers": None}),
@@ -329,7 +347,7 @@ def test_ray_executor_equals_serial(trained: dict[str, nn.Module], evalset: tupl
     kwargs: dict[str, Any] = {"formulation": "transfer", "sources": ["a", "b"], "repeats": 2, "progress": False}
     serial = build_payoff_matrix(defenders, attacks, (x, y), **kwargs)
     ray_m = build_payoff_matrix(
-        defenders, attacks, (x, y), **kwargs, executor="ray", store=tmp_path / "store", ray_options={"num_cpus": 2}
+        defenders, attacks, (x, y), **kwargs, executor="ray", store="store", ray_options={"num_cpus": 2}
     )
     same_matrix(serial, ray_m)
     assert ray_m.metadata["crafts"] == 4 and ray_m.metadata["cells_computed"] == 3 * 4 + 3

@@ -177,3 +177,24 @@ def test_bad_training_value_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == 2
     _one_error_line(stderr, "gtdefense train: error:", "8/255")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda"])
+@pytest.mark.parametrize("command", ["attack", "train"])
+def test_bad_or_missing_device_exit_2(
+    trained: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, device: str
+) -> None:
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    out, _ = trained
+    argv = (
+        ["attack", str(out), "--n", "10", "--steps", "1", "--no-progress"]
+        if command == "attack"
+        else ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--no-progress",
+              "--out", str(tmp_path / "m")]
+    )
+    code, _, stderr = _run([*argv, "--device", device], capsys)
+    assert code == 2
+    _one_error_line(stderr, f"gtdefense {command}: error:", repr(device))

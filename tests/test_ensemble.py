@@ -63,6 +63,23 @@ def test_per_example_frequencies_match_strategy() -> None:
     assert mix.members[3].calls == []
 
 
+def test_zero_weight_member_never_drawn_even_at_the_sampler_edge(monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch.multinomial's CPU search maps a uniform draw of exactly 0 to the first category,
+    # zero weight or not; simulate that edge: draws must still land in the support.
+    mix = constant_mixture([0.0, 0.7, 0.0, 0.3])
+    real = torch.multinomial
+
+    def first_category(probs: torch.Tensor, n: int, **kwargs: object) -> torch.Tensor:
+        real(probs, n, **kwargs)  # same checks, same generator use
+        return torch.zeros(n, dtype=torch.long, device=probs.device)
+
+    monkeypatch.setattr(torch, "multinomial", first_category)
+    mix.generator = torch.Generator().manual_seed(0)
+    assert set(mix.draw_members(100).tolist()) == {1}
+    assert set(mix(torch.zeros(100, 1, 2, 2)).argmax(1).tolist()) == {1}
+    assert mix.members[0].calls == [] and mix.members[2].calls == []
+
+
 def test_per_example_output_row_follows_its_draw() -> None:
     mix = constant_mixture([0.25, 0.25, 0.5])
     g = torch.Generator().manual_seed(3)

@@ -226,6 +226,21 @@ def test_cli_evaluates_a_checkpoint_and_an_ensemble(digits, tmp_path, capsys) ->
                  "--repeats", "2", "--no-progress", "--out-json", str(out_json)]) == 0
     report = RobustnessReport.from_json(out_json)
     assert report.stochastic and "arc" in {a.name for a in report.attacks}
+    assert (tmp_path / "ens" / "evaluation.md").read_text().startswith("Threat model:")  # default Markdown
+
+
+def test_cli_writes_json_and_markdown_by_default(digits, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from gametheory_defense.checkpoint import save_checkpoint
+    from gametheory_defense.cli import main
+
+    ck = save_checkpoint(digits["mlp"], tmp_path / "mlp", dataset="digits")
+    assert main(["evaluate", str(ck), "--attack", "fgsm", "--eps", "0.1", "--n", "10", "--no-progress",
+                 "--no-sanity-checks"]) == 0
+    captured = capsys.readouterr()
+    report = RobustnessReport.from_json(tmp_path / "mlp.evaluation.json")
+    assert report.n_examples == 10 and [a.name for a in report.attacks] == ["fgsm"]
+    assert (tmp_path / "mlp.evaluation.md").read_text() == captured.out
+    assert "mlp.evaluation.json" in captured.err
 
 
 def test_cli_bad_path_is_one_line_exit_2(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -235,3 +250,16 @@ def test_cli_bad_path_is_one_line_exit_2(tmp_path, capsys) -> None:  # type: ign
         assert main(["evaluate", str(bad), "--n", "5"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("gtdefense evaluate: error:")
+
+
+def test_cli_model_built_for_other_inputs_is_one_line_exit_2(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from gametheory_defense.checkpoint import save_checkpoint
+    from gametheory_defense.cli import main
+    from gametheory_defense.models import build_model
+
+    wide = build_model("mlp", input_shape=(1, 28, 28), num_classes=10)  # an MNIST-sized MLP
+    ck = save_checkpoint(wide, tmp_path / "wide", dataset="digits")
+    assert main(["evaluate", str(ck), "--attack", "fgsm", "--eps", "0.1", "--n", "5", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not accept digits images of shape (1, 8, 8)" in err[0]
+    assert not (tmp_path / "wide.evaluation.json").exists()

@@ -13,7 +13,9 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 from gametheory_defense import __version__
 
@@ -48,15 +50,42 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (GTDError, ValueError, OSError)  # OSError: missing, existing or unreadable files
 
 
+def warning_line(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """Show a Python warning as one log line: its category and message, nothing else.
+
+    Replaces :func:`warnings.showwarning` while the CLI runs. The default (and
+    ``logging.captureWarnings``) prints ``file:line: Category: message`` followed by the
+    source line of the ``warnings.warn`` call, which is noise for a command-line user.
+    Newlines inside the message are folded into spaces.
+    """
+    text = " ".join(str(message).split())
+    logging.getLogger("py.warnings").warning("%s: %s", category.__name__, text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``gtdefense``; returns the process exit code."""
+    saved: Any = warnings.showwarning
+    warnings.showwarning = warning_line  # one line per warning, no source-line echo
+    try:
+        return _main(argv)
+    finally:
+        warnings.showwarning = saved
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    logging.captureWarnings(True)  # warnings become one log line each, not two raw lines
     try:
         code = args.func(args)
     except KeyboardInterrupt:

@@ -71,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
     from gametheory_defense.checkpoint import load_checkpoint, read_metadata
     from gametheory_defense.data import load_dataset
     from gametheory_defense.errors import ConfigError
-    from gametheory_defense.training import accuracy
+    from gametheory_defense.training import _resolve_device, accuracy
 
+    _resolve_device(args.device)  # an unknown or unavailable device is one line, not a traceback
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     if args.batch_size < 1:

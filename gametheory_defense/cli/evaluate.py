@@ -2,13 +2,16 @@
 
 Loads a checkpoint (``NAME.safetensors`` + ``NAME.json``) or an ensemble directory (one
 with ``ensemble.json``), attacks the first N test images with an attack suite or with
-named attacks, prints the report as a Markdown table and writes it as JSON/Markdown.
+named attacks, prints the report as a Markdown table and writes it as JSON and Markdown
+(by default next to the model: ``NAME.evaluation.json``/``.md`` for a checkpoint,
+``DIR/evaluation.json``/``.md`` for an ensemble directory).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     p.add_argument("--batch-size", type=int, default=256, help="examples per attack call (default 256)")
     p.add_argument("--no-sanity-checks", action="store_true", help="skip the sanity checks")
-    p.add_argument("--out-json", default=None, metavar="R.json", help="write the report as JSON")
-    p.add_argument("--out-md", default=None, metavar="R.md", help="write the report as Markdown")
+    p.add_argument("--out-json", default=None, metavar="R.json",
+                   help="where to write the report as JSON (default: NAME.evaluation.json next to a "
+                        "checkpoint, DIR/evaluation.json for an ensemble)")
+    p.add_argument("--out-md", default=None, metavar="R.md",
+                   help="where to write the report as Markdown (default: NAME.evaluation.md next to a "
+                        "checkpoint, DIR/evaluation.md for an ensemble)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -102,6 +109,44 @@ def _load(args: argparse.Namespace) -> tuple[Any, str | None]:
     return ckpt.model, ckpt.metadata.get("dataset")
 
 
+def _default_outputs(model: str) -> tuple[Path, Path]:
+    """``(json, md)`` paths next to the model: ``NAME.evaluation.*`` or ``DIR/evaluation.*``."""
+    path = Path(model)
+    if path.is_dir():
+        return path / "evaluation.json", path / "evaluation.md"
+    if path.suffix in (".json", ".safetensors"):
+        path = path.with_suffix("")
+    return path.with_name(path.name + ".evaluation.json"), path.with_name(path.name + ".evaluation.md")
+
+
+def _check_fits(model: Any, test: Any, dataset: str, device: str) -> None:
+    """One forward pass on two test images: a model built for other inputs fails here, in one line."""
+    import torch
+
+    from gametheory_defense.errors import ConfigError
+
+    x = test.images[:2].to(device)
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)  # eval(), as evaluate() runs it (batch norm on two images)
+    except RuntimeError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"the model does not accept {dataset} images of shape {tuple(x.shape[1:])} ({first}); "
+            "pass the --dataset it was trained on"
+        ) from None
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    classes = getattr(test, "num_classes", None)
+    if out.dim() != 2 or (classes is not None and out.shape[1] != classes):
+        raise ConfigError(
+            f"the model returns outputs of shape {tuple(out.shape[1:])} but {dataset} has {classes} classes; "
+            "pass the --dataset it was trained on"
+        )
+
+
 def _attacks(args: argparse.Namespace) -> dict[str, Any] | None:
     """The attacks named with ``--attack`` (None when none was)."""
     from gametheory_defense.attacks import build_attack
@@ -135,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.model}: no data set is recorded with the model; pass --dataset")
     test = load_dataset(dataset, "test", data_dir=args.data_dir, progress=not args.no_progress)
     test = test.subset(min(args.n, len(test.labels)))
+    _check_fits(model, test, dataset, args.device)
 
     attacks: dict[str, Any] = {}
     if named is None or args.suite is not None:
@@ -155,12 +201,11 @@ def run(args: argparse.Namespace) -> int:
     )
     text = report.to_markdown()
     print(text, end="")
-    if args.out_json:
-        report.to_json(args.out_json)
-        log.info("wrote %s", args.out_json)
-    if args.out_md:
-        out = Path(args.out_md)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
-        log.info("wrote %s", args.out_md)
+    default_json, default_md = _default_outputs(args.model)
+    out_json = Path(args.out_json) if args.out_json else default_json
+    out_md = Path(args.out_md) if args.out_md else default_md
+    report.to_json(out_json)
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text(text, encoding="utf-8")
+    print(f"wrote {out_json} and {out_md}", file=sys.stderr)
     return 0

@@ -69,7 +69,10 @@ def run(args: argparse.Namespace) -> int:
     print(format_equilibrium(equilibrium, matrix, source=str(args.payoff)))
     if args.out is not None:
         text = json.dumps(equilibrium.to_dict(), indent=2, allow_nan=False)
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        try:
+            Path(args.out).write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise OSError(f"{args.out}: cannot write the equilibrium ({exc.strerror or exc})") from None
         print(f"wrote {args.out}")
     return 0
 
@@ -80,7 +83,8 @@ def format_equilibrium(equilibrium: Any, matrix: PayoffMatrix, *, source: str | 
     One line per defender (its probability and worst-case accuracy as a pure strategy),
     the attacker's mixture, then value, exploitability, method and status.
     """
-    name_width = max(len("defender"), *(len(x) for x in (*matrix.defenders, *matrix.attackers)))
+    labels = ("defender", "attacker", "value", "exploitability", "method", "status")
+    name_width = max(len(x) for x in (*labels, *matrix.defenders, *matrix.attackers))
     lines = []
     if source:
         lines.append(f"{source}: {matrix.n_defenders} defenders x {matrix.n_attackers} attackers")
@@ -95,8 +99,8 @@ def format_equilibrium(equilibrium: Any, matrix: PayoffMatrix, *, source: str | 
     lines += [
         f"{'value':<{name_width}}  {value:>11.6f}  ({value:.2%} accuracy guaranteed)",
         f"{'exploitability':<{name_width}}  {float(equilibrium.exploitability):>11.2e}",
-        f"{'method':<{name_width}}  {equilibrium.method:>11}",
-        f"{'status':<{name_width}}  {equilibrium.status:>11}",
+        f"{'method':<{name_width}}  {equilibrium.method}",
+        f"{'status':<{name_width}}  {equilibrium.status}",
     ]
     return "\n".join(lines)
 

@@ -57,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
     from gametheory_defense.checkpoint import save_checkpoint
     from gametheory_defense.data import load_dataset
     from gametheory_defense.models import build_model
-    from gametheory_defense.training import accuracy, default_eval_attack, train
+    from gametheory_defense.training import _resolve_device, accuracy, default_eval_attack, train
 
+    _resolve_device(args.device)  # fail before loading data: one line for a bad or missing device
     for flag, value, low in (("--train-size", args.train_size, 1), ("--eval-size", args.eval_size, 1),
                              ("--eval-steps", args.eval_steps, 1)):
         if value is not None and value < low:
