@@ -112,6 +112,7 @@ class EvaluationConfig:
     norm: str = "linf"
     size: int | None = None
     repeats: int = 2
+    models: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,6 +381,9 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
     )
     names = defender_names(config)
     _validate_names(names, "defenders")
+    for n in evaluation.models or ():
+        if n not in names:
+            raise ConfigError(f"evaluation.models: {n!r} is not a defender (defenders: {', '.join(names)})")
     for n in names:
         if n in RESERVED_NAMES:
             raise ConfigError(f"defenders: the name {n!r} is reserved; rename that model")

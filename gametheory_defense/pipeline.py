@@ -506,7 +506,8 @@ def run_pipeline(
         models: dict[str, torch.nn.Module] = {"mixture": ensemble}
         if do_result is not None:
             models["mixture-double-oracle"] = MixedStrategyModel.from_equilibrium(do_result.equilibrium, defenders)
-        models.update(defenders)
+        wanted = config.evaluation.models
+        models.update({k: v for k, v in defenders.items() if wanted is None or k in wanted})
         robustness = _evaluate_models(
             config, out, models, x_eval[:n_eval], y_eval[:n_eval], device=dev, resume=resume, progress=progress
         )

@@ -61,6 +61,7 @@ def test_packaged_demo_config_is_the_example():
         (lambda r: r["game"].update(repeats=0), "game.repeats"),
         (lambda r: r["evaluation"].update(suite="weak"), "evaluation.suite"),
         (lambda r: r["evaluation"].update(eps=float("nan")), "evaluation.eps"),
+        (lambda r: r["evaluation"].update(models=["pgd-at", "nobody"]), "evaluation.models"),
         (lambda r: r["double_oracle"].update(max_iterations=0), "double_oracle.max_iterations"),
         (lambda r: r["double_oracle"].update(attack="nope"), "double_oracle.attack"),
         (lambda r: r.pop("attackers"), "attackers"),

@@ -226,6 +226,68 @@ def test_subfolder_and_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     ]
 
 
+def _as_published_mnist(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
+    """Register the files in ``directory`` as MNIST's published ones (their decompressed MD5s)."""
+    spec = DATASETS["mnist"]
+    files = {
+        split: tuple(
+            dataclasses.replace(
+                f, raw_md5=hashlib.md5(gzip.decompress((directory / f.name).read_bytes())).hexdigest()
+            )
+            for f in remotes
+        )
+        for split, remotes in spec.files.items()
+    }
+    monkeypatch.setitem(DATASETS, "mnist", dataclasses.replace(spec, files=files))
+
+
+def test_mnist_files_are_not_taken_for_fashion_mnist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # MNIST and Fashion-MNIST publish files of the same names: a flat folder of MNIST files
+    # must not be loaded as Fashion-MNIST (nor hide a fashion-mnist/ subfolder after it)
+    flat = tmp_path / "flat"
+    mnist = write_mnist(flat, seed=1)
+    _as_published_mnist(monkeypatch, flat)
+    with pytest.raises(DataError) as info:
+        load_dataset("fashion-mnist", "test", data_dir=flat)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "t10k-images-idx3-ubyte.gz" in message and "mnist file" in message
+    assert str(flat / "fashion-mnist") in message
+    fashion = write_mnist(flat / "fashion-mnist", seed=2, n_test=4)
+    ds = load_dataset("fashion-mnist", "test", data_dir=flat)
+    assert torch.equal(ds.images[:, 0] * 255, torch.from_numpy(fashion["test_images"]).float())
+    ds = load_dataset("mnist", "test", data_dir=flat)  # MNIST itself still loads from there
+    assert torch.equal(ds.images[:, 0] * 255, torch.from_numpy(mnist["test_images"]).float())
+
+
+@pytest.mark.skipif(not REAL_MNIST.is_dir(), reason="shared MNIST copy not present")
+def test_real_mnist_is_not_fashion_mnist() -> None:
+    with pytest.raises(DataError, match="is the published mnist file"):
+        load_dataset("fashion-mnist", "test", data_dir=REAL_MNIST)
+
+
+def test_published_checksums_and_mirrors() -> None:
+    """The MD5s and URLs are the ones the data sets' authors publish (as torchvision uses)."""
+    md5 = {s: {f.name: f.md5 for fs in DATASETS[s].files.values() for f in fs} for s in DATASETS}
+    assert md5["mnist"] == {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    }
+    assert md5["fashion-mnist"] == {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    }
+    assert md5["cifar10"] == {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"}
+    assert DATASETS["mnist"].mirrors[0] == "https://ossci-datasets.s3.amazonaws.com/mnist/"
+    assert DATASETS["fashion-mnist"].mirrors == ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
+    assert DATASETS["cifar10"].mirrors == ("https://www.cs.toronto.edu/~kriz/",)
+    assert all(m.endswith("/") for spec in DATASETS.values() for m in spec.mirrors)
+
+
 def test_missing_files_error_lists_files_dirs_and_fixes(tmp_path: Path) -> None:
     write_file(tmp_path / "t10k-images-idx3-ubyte", idx_bytes(np.zeros((2, 28, 28))), gz=True)
     with pytest.raises(DataError) as info:
