@@ -89,6 +89,34 @@ def _is_real(x: object) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
 
 
+_INT64_LIMIT = 2**63
+
+
+def _convert(x: float | int, what: str, *, integer: bool) -> float | int:
+    """A real number as a Python float (or, with ``integer``, an int that fits int64).
+
+    Raises :class:`PayoffError` (without the cell, which the caller adds) for numbers that
+    do not fit: ``float(10**400)`` overflows, a JSON file can hold such integers.
+    """
+    if integer:
+        if not isinstance(x, numbers.Integral):
+            try:
+                whole = math.isfinite(float(x)) and float(x).is_integer()
+            except OverflowError:
+                whole = False
+            if not whole:
+                raise PayoffError(f"{what} must be whole numbers, got {x!r}")
+        n = int(x)
+        if not -_INT64_LIMIT <= n < _INT64_LIMIT:
+            raise PayoffError(f"{what} {n} is too large (the limit is 2**63 - 1)")
+        return n
+    try:
+        return float(x)
+    except OverflowError:
+        shown = repr(x) if len(repr(x)) <= 40 else repr(x)[:37] + "..."
+        raise PayoffError(f"{what} entry {shown} is too large for a float") from None
+
+
 def _coerce_2d(
     data: object,
     what: str,
@@ -110,13 +138,13 @@ def _coerce_2d(
             raise PayoffError(
                 f"{what} must be 2-D (defenders x attackers), got an array of shape {data.shape}"
             )
-        if integer and data.dtype.kind == "f":
-            bad = ~np.isfinite(data) | (data != np.round(data))
+        if integer and data.dtype.kind in "fu":
+            bad = ~np.isfinite(data) | (data != np.round(data)) | (np.abs(data) >= _INT64_LIMIT)
             if bad.any():
                 i, j = (int(t[0]) for t in np.nonzero(bad))
                 raise PayoffError(
-                    f"{_cell(i, j, rows, cols)}: {what} must be whole numbers, "
-                    f"got {float(data[i, j])!r}"
+                    f"{_cell(i, j, rows, cols)}: {what} must be whole numbers below 2**63, "
+                    f"got {data[i, j].item()!r}"
                 )
         if data.size == 0:
             raise PayoffError(
@@ -161,12 +189,10 @@ def _coerce_2d(
                     f"{_cell(i, j, rows, cols)}: {what} entry {x!r} "
                     f"({type(x).__name__}) is not a number"
                 )
-            if integer and not isinstance(x, numbers.Integral):
-                if not (math.isfinite(float(x)) and float(x).is_integer()):
-                    raise PayoffError(
-                        f"{_cell(i, j, rows, cols)}: {what} must be whole numbers, got {x!r}"
-                    )
-                x = int(x)
+            try:
+                x = _convert(x, what, integer=integer)
+            except PayoffError as exc:
+                raise PayoffError(f"{_cell(i, j, rows, cols)}: {exc}") from None
             cells.append(x)
         out_rows.append(cells)
     if not out_rows or width == 0:
@@ -196,10 +222,10 @@ def _coerce_1d(
             x = x.item()
         if not _is_real(x):
             raise PayoffError(f"{label(i)}: {what} entry {x!r} ({type(x).__name__}) is not a number")
-        if integer and not isinstance(x, numbers.Integral):
-            if not (math.isfinite(float(x)) and float(x).is_integer()):
-                raise PayoffError(f"{label(i)}: {what} must be whole numbers, got {x!r}")
-            x = int(x)
+        try:
+            x = _convert(x, what, integer=integer)
+        except PayoffError as exc:
+            raise PayoffError(f"{label(i)}: {exc}") from None
         out.append(x)
     return np.array(out, dtype=np.int64 if integer else np.float64)
 
@@ -714,6 +740,8 @@ class PayoffMatrix:
             ) from None
         except PayoffError as exc:
             raise PayoffError(f"{path}: {exc}") from None
+        except RecursionError:
+            raise PayoffError(f"{path}: JSON nested too deeply to be a payoff file") from None
         return cls.from_dict(d, source=str(path))
 
     # ------------------------------------------------------------------ CSV
@@ -761,7 +789,8 @@ class PayoffMatrix:
                 f"{path}: line {line}: the header must start with {_CSV_CORNER!r} and then name "
                 f"the attackers, got {header[0]!r} first"
             )
-        attackers = header[1:]
+        # Names never carry surrounding whitespace, so spaces before a comma are dropped too.
+        attackers = [cell.strip() for cell in header[1:]]
         if not attackers:
             raise PayoffError(f"{path}: line {line}: the header names no attackers")
         if len(records) == 1:
@@ -769,7 +798,7 @@ class PayoffMatrix:
         defenders: list[str] = []
         values: list[list[float]] = []
         for i, (line, record) in enumerate(records[1:]):
-            name = record[0]
+            name = record[0].strip()
             defenders.append(name)
             where = f"{path}: line {line}: {_label('row', i, defenders)}"
             cells = record[1:]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from pathlib import Path
 
 import nashpy
 import numpy as np
@@ -36,6 +37,8 @@ from gametheory_defense.solvers import lp as lp_module
 from gametheory_defense.solvers._core import clean_strategy
 from gametheory_defense.solvers.iterative import project_simplex
 from payoff.matrix import PayoffMatrix
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 # Exploitability target per method: exact methods and restarted PDHG reach 1e-9; nashpy's
 # linear_program keeps HiGHS's default 1e-7 feasibility tolerance (hypothesis found a game,
@@ -311,6 +314,19 @@ def test_clean_selection_follows_the_clean_accuracies() -> None:
     m = PayoffMatrix(CONTINUUM, clean_accuracy=[0.6, 0.7, 0.9])
     eq = solve_zero_sum(m, select="clean")
     np.testing.assert_allclose(eq.defender_strategy, [0.0, 0.0, 1.0], atol=1e-9)
+
+
+@pytest.mark.parametrize("rule", ["clean", "max-entropy", "min-support"])
+def test_loose_tol_does_not_let_selection_give_up_guaranteed_accuracy(rule: str) -> None:
+    # The example defense game has a unique equilibrium (a 2 x 2 core), so every rule must
+    # return it: a loose tol is an accuracy target, not permission to trade the guarantee.
+    game = PayoffMatrix.from_json(EXAMPLES / "defense_game.json")
+    exact = solve_zero_sum(game)
+    eq = solve_zero_sum(game, select=rule, tol=1e-3)
+    assert eq.value == exact.value
+    np.testing.assert_allclose(eq.defender_strategy, exact.defender_strategy, atol=1e-7)
+    assert float(np.min(eq.defender_strategy @ game.values)) >= exact.value - 5e-9
+    assert eq.exploitability <= 5e-9
 
 
 def test_min_support_on_a_game_with_many_optimal_pairs() -> None:

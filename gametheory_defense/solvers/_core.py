@@ -104,8 +104,8 @@ def as_game(matrix: Any) -> Game:
             )
         try:
             values = np.asarray(matrix, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"payoffs must be a 2-D array of numbers ({exc})") from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"payoffs must be a 2-D array of finite numbers ({exc})") from None
         defenders = attackers = ()
         clean = None
     if values.ndim != 2:
@@ -334,8 +334,14 @@ class Equilibrium:
 
 
 def _finite_number(v: Any, key: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
-        raise ValueError(f"{key} must be a finite number, got {v!r}")
+    ok = not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating))
+    try:
+        ok = ok and math.isfinite(v)
+    except OverflowError:  # an integer beyond float range (JSON allows them)
+        ok = False
+    if not ok:
+        shown = repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "..."
+        raise ValueError(f"{key} must be a finite number, got {shown}")
     return float(v)
 
 

@@ -6,8 +6,12 @@ solution ``(x*, y*)``, the optimal set is approximated by
     X(slack) = { x in simplex :  (x A)_j >= L* - slack  for every attacker j },
 
 with ``L* = min_j (x* A)_j`` the first-stage guarantee (so ``x*`` itself is always feasible),
-and ``slack = max((tol - e*) / 2, 1e-12 (1 + max|A|))`` where ``e*`` is the first-stage
-exploitability. Any ``x`` in ``X(slack)`` paired with ``y*`` has exploitability at most
+and ``slack = max(min((tol - e*) / 2, 1e-9 (1 + max|A|)), 1e-12 (1 + max|A|))`` where ``e*``
+is the first-stage exploitability. The slack only absorbs the second-stage solver's
+round-off (HiGHS runs at feasibility tolerance 1e-10): it is capped at ``1e-9 (1 + max|A|)``
+whatever ``tol`` is, so a loose ``tol`` never lets selection trade guaranteed accuracy for
+clean accuracy or entropy. Since the game value ``V >= L*``, ``X(slack)`` contains every
+optimal strategy. Any ``x`` in ``X(slack)`` paired with ``y*`` has exploitability at most
 ``e* + slack <= tol`` (when ``e* <= tol``), and by the interchangeability of zero-sum
 equilibria the attacker's ``y*`` stays optimal. The rules:
 
@@ -39,10 +43,15 @@ from gametheory_defense.errors import SolverError
 from gametheory_defense.solvers._core import SELECTIONS, exploitability
 from gametheory_defense.solvers.lp import maximin
 
-__all__ = ["select_defender_strategy", "selection_slack", "EXACT_MIN_SUPPORT_BUDGET"]
+__all__ = ["select_defender_strategy", "selection_slack", "EXACT_MIN_SUPPORT_BUDGET", "SLACK_CAP", "SLACK_FLOOR"]
 
 EXACT_MIN_SUPPORT_BUDGET = 2048
 """Largest number of candidate supports the exact ``"min-support"`` search will try."""
+
+SLACK_CAP = 1e-9
+"""Largest selection slack, relative to ``1 + max|A|`` (see the module docstring)."""
+SLACK_FLOOR = 1e-12
+"""Smallest selection slack, relative to ``1 + max|A|``."""
 
 _TIGHT = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
 
@@ -50,8 +59,8 @@ _TIGHT = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1
 def selection_slack(values: np.ndarray, x: np.ndarray, y: np.ndarray, tol: float) -> float:
     """The slack of the optimal-set constraint (see the module docstring)."""
     gap = exploitability(values, x, y)
-    floor = 1e-12 * (1.0 + float(np.abs(values).max()))
-    return max((tol - gap) / 2.0, floor)
+    scale = 1.0 + float(np.abs(values).max())
+    return max(min((tol - gap) / 2.0, SLACK_CAP * scale), SLACK_FLOOR * scale)
 
 
 def select_defender_strategy(
