@@ -504,7 +504,7 @@ def run_pipeline(
         n_eval = config.evaluation.size or len(y_eval)
         n_eval = min(n_eval, len(y_eval))
         models: dict[str, torch.nn.Module] = {"mixture": ensemble}
-        if do_result is not None:
+        if do_result is not None and (do_result.added_attackers or do_result.added_defenders):
             models["mixture-double-oracle"] = MixedStrategyModel.from_equilibrium(do_result.equilibrium, defenders)
         wanted = config.evaluation.models
         models.update({k: v for k, v in defenders.items() if wanted is None or k in wanted})

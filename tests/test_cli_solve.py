@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import runpy
 import subprocess
@@ -92,6 +93,46 @@ def test_solve_defense_game_from_json_and_csv(
         assert "88.77% accuracy guaranteed" in out
 
 
+def test_solve_table_is_aligned(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(["solve", RPS_FILE, "--method", "support-enumeration"], capsys)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()[1:]  # after the "N defenders x M attackers" heading
+    # Every label is padded to the longest one ("exploitability"), then two spaces.
+    width = len("exploitability")
+    for line in lines:
+        assert line[:width].rstrip() == line.split()[0] and line[width : width + 2] == "  ", out
+    assert lines[-2].split() == ["method", "support-enumeration"]
+    assert lines[-1].split() == ["status", "optimal"]
+
+
+def test_warnings_are_one_line_each(caplog: pytest.LogCaptureFixture) -> None:
+    from gametheory_defense.cli import warning_line
+
+    with caplog.at_level(logging.WARNING, logger="py.warnings"):
+        warning_line(UserWarning("first line\n  second line"), UserWarning, "/x/y.py", 3, line="warnings.warn(...)")
+    assert [r.getMessage() for r in caplog.records] == ["UserWarning: first line second line"]
+
+
+def test_warnings_in_a_real_process_are_one_line_each(tmp_path: Path) -> None:
+    # Clean accuracy below an attacked accuracy (a PayoffMatrix warning) and an iterative
+    # solver stopped at max_iterations (a solver warning): two warnings, two stderr lines.
+    game = tmp_path / "warn.json"
+    mixed = {**GOOD, "values": [[0.9, 0.2], [0.3, 0.8]], "clean_accuracy": [0.3, 1.0]}
+    game.write_text(json.dumps(mixed), encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gametheory_defense", "solve", str(game),
+         "--method", "fictitious-play", "--tol", "1e-12"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore::DeprecationWarning"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2, proc.stderr
+    assert all(line.startswith("WARNING py.warnings: UserWarning: ") for line in lines), proc.stderr
+    assert "exceeds the defender's clean accuracy" in lines[0]
+    assert "max-iterations" in lines[1]
+
+
 def test_plot_writes_an_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     eq_file, fig_file = tmp_path / "eq.json", tmp_path / "game.png"
     assert cli(["solve", DEFENSE_FILE, "-o", eq_file], capsys)[0] == 0
@@ -173,6 +214,14 @@ BAD_CASES: dict[str, tuple[Callable[[Path], list[object]], str]] = {
         "eq.json: an equilibrium file holds a JSON object",
     ),
     "unknown image type": (lambda t: ["plot", RPS_FILE, "-o", t / "f.xyz"], "unknown image type '.xyz'"),
+    "number too large": (
+        lambda t: ["solve", _file("g.json", json.dumps({**GOOD, "values": [[0.5, 10**400], [0.75, 1.0]]}))(t)],
+        "g.json: row 0 ('a'), column 1 ('y'): values entry 1000",
+    ),
+    "unwritable output": (
+        lambda t: ["solve", RPS_FILE, "--out", t / "no-such-dir" / "eq.json"],
+        "eq.json: cannot write the equilibrium (No such file or directory)",
+    ),
 }
 
 

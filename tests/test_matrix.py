@@ -98,6 +98,11 @@ def test_payoff_error_is_a_project_value_error() -> None:
         (dict(metadata={"model": object()}), ["JSON-serialisable"]),
         (dict(metadata={1: "x"}), ["keys must be strings"]),
         (dict(metadata=["x"]), ["must be a dict"]),
+        # Integers beyond float / int64 range (a JSON file can hold them): PayoffError, not OverflowError.
+        (dict(values=[[0.9, 0.1], [0.7, 10**400], [0.1, 0.1]]), ["row 1 ('sap-0.5')", "column 1", "too large"]),
+        (dict(n_samples=[[1, 1], [1, 10**30], [1, 1]]), ["row 1 ('sap-0.5')", "column 1", "too large"]),
+        (dict(n_samples=np.array([[1, 1], [1, 1], [1e30, 1]])), ["row 2 ('pgd-at')", "column 0", "below 2**63"]),
+        (dict(clean_accuracy=[0.9, 10**400, 0.9]), ["defender 1 ('sap-0.5')", "too large"]),
     ],
 )
 def test_invalid_input_names_the_cell(kwargs: dict[str, object], fragments: list[str]) -> None:
@@ -310,6 +315,8 @@ GOOD = {"defenders": ["d", "e"], "attackers": ["x", "y"], "values": [[0.5, 0.25]
         ("g.csv", "\n\n", ["empty file"]),
         ("g.csv", 'defender,x\n"d,0.5\n', ["malformed CSV"]),
         ("g.txt", "whatever", ["unknown payoff file type '.txt'", ".json or .csv"]),
+        ("g.json", '{"defenders": ["d"], "attackers": ["x"], "values": [[1' + "0" * 400 + "]]}", ["row 0 ('d'), column 0 ('x')", "too large"]),
+        ("g.json", '{"values": ' + "[" * 50_000 + "]" * 50_000 + "}", ["nested too deeply"]),
     ],
 )
 def test_load_errors_name_file_row_and_column(tmp_path: Path, name: str, text: str, fragments: list[str]) -> None:
@@ -320,6 +327,13 @@ def test_load_errors_name_file_row_and_column(tmp_path: Path, name: str, text: s
     assert message.startswith(f"{path}: ") and "\n" not in message
     for fragment in fragments:
         assert fragment in message, (fragment, message)
+
+
+def test_csv_names_ignore_spaces_around_commas(tmp_path: Path) -> None:
+    path = write(tmp_path, "g.csv", "defender , x , y\nd , 0.5 , 0.25\ne, 0.75, 1\n")
+    m = load_payoff(path)
+    assert m.defenders == ("d", "e") and m.attackers == ("x", "y")
+    assert m.values.tolist() == [[0.5, 0.25], [0.75, 1.0]]
 
 
 def test_missing_file_and_bad_encoding(tmp_path: Path) -> None:
