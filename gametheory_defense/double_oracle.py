@@ -176,7 +176,8 @@ def double_oracle(
     ``x . column < value - tol``; then calls ``defense_oracle(attacker_strategy, matrix)``
     (``matrix`` already holding this round's new column, ``attacker_strategy`` padded with a
     zero for it, so the new row covers every attacker) and adds its row if
-    ``row . y > value + tol``. It stops when a round adds nothing (``converged``), after
+    ``row . y > value + tol``. A response whose payoffs equal a column (row) already in the
+    matrix is never added. It stops when a round adds nothing (``converged``), after
     ``max_iterations`` rounds, when an oracle returns ``None``, or when ``callback`` returns
     True.
 
@@ -212,7 +213,7 @@ def double_oracle(
     """
     if attack_oracle is None and defense_oracle is None:
         raise ValueError("double_oracle needs an attack_oracle, a defense_oracle, or both; got neither")
-    if not (isinstance(tol, (int, float)) and tol >= 0 and np.isfinite(tol)):
+    if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol >= 0 and np.isfinite(tol)):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:
         raise ValueError(f"max_iterations must be a positive integer, got {max_iterations!r}")
@@ -251,7 +252,10 @@ def double_oracle(
                     name, column = _check_response(response, "attack", n_def)
                     column_value = float(x @ column)
                     lower = min(lower, column_value)
-                    if column_value < eq.value - tol:
+                    # A copy of a column already in the game adds nothing, whatever round-off
+                    # in the restricted solve says (with tol=0 it would be re-added forever).
+                    duplicate = bool(np.any(np.all(values == column[:, None], axis=0)))
+                    if column_value < eq.value - tol and not duplicate:
                         new_attacker = _unique(name, tuple(game.attackers))
                         game = game.with_column(
                             new_attacker, column, stderr=response.stderr, n_samples=response.n_samples
@@ -267,7 +271,8 @@ def double_oracle(
                     name, row = _check_response(response, "defense", len(y_now))
                     row_value = float(row @ y_now)
                     upper = max(upper, row_value)
-                    if row_value > eq.value + tol:
+                    duplicate = bool(np.any(np.all(np.asarray(game.values) == row[None, :], axis=1)))
+                    if row_value > eq.value + tol and not duplicate:
                         new_defender = _unique(name, tuple(game.defenders))
                         game = game.with_row(
                             new_defender,

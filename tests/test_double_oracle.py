@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -159,7 +161,56 @@ def test_bad_arguments_and_responses() -> None:
         double_oracle(start, None, None)
     with pytest.raises(ValueError, match="max_iterations"):
         double_oracle(start, lambda x, m: None, max_iterations=0)
+    with pytest.raises(ValueError, match="tol"):
+        double_oracle(start, lambda x, m: None, tol=True)
     with pytest.raises(ValueError, match="needs 2"):
         double_oracle(start, lambda x, m: OracleResponse("short", np.array([0.1])), progress=False)
     with pytest.raises(ValueError, match="NaN"):
         double_oracle(start, lambda x, m: OracleResponse("nan", np.array([0.1, np.nan])), progress=False)
+
+
+def test_history_fields_and_convergence_plot(wide_game: tuple[np.ndarray, float]) -> None:
+    from gametheory_defense.plots import plot_convergence
+
+    full, _ = wide_game
+    oracle = column_oracle(full, [f"a{j}" for j in range(full.shape[1])])
+    result = double_oracle(PayoffMatrix(full[:, :1], attackers=["a0"]), oracle, max_iterations=4, progress=False)
+    assert [f.name for f in dataclasses.fields(DoubleOracleIteration)] == [
+        "iteration", "n_defenders", "n_attackers", "value", "lower_bound", "upper_bound",
+        "added_attacker", "added_defender",
+    ]
+    assert [h.iteration for h in result.history] == [1, 2, 3, 4]
+    assert [h.n_attackers for h in result.history] == [1, 2, 3, 4]
+    assert all(h.n_defenders == 20 and h.added_defender is None for h in result.history)
+    assert tuple(h.added_attacker for h in result.history) == result.added_attackers
+    ax = plot_convergence(result.history).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_allclose(lines["lower bound"].get_ydata(), [h.lower_bound for h in result.history])
+
+
+def test_zero_tol_terminates_without_duplicate_strategies() -> None:
+    # With tol=0 the restricted solve's round-off (1e-16) made existing columns look like
+    # improvements, so the loop re-added copies ("a7-2", "a7-3", ...) until max_iterations.
+    full = np.random.default_rng(0).uniform(size=(30, 300))
+    value = solve_zero_sum(full).value
+    oracle = column_oracle(full, [f"a{j}" for j in range(full.shape[1])])
+    result = double_oracle(PayoffMatrix(full[:, :1], attackers=["a0"]), oracle, tol=0, max_iterations=100, progress=False)
+    assert result.converged and result.stop_reason == "converged"
+    assert all("-" not in a for a in result.matrix.attackers)
+    assert result.equilibrium.value == pytest.approx(value, abs=1e-9)
+
+    full = np.random.default_rng(1).uniform(size=(40, 40))
+    value = solve_zero_sum(full).value
+    result = double_oracle(
+        PayoffMatrix(full[:1, :1], defenders=["d0"], attackers=["a0"]),
+        column_oracle(full, [f"a{j}" for j in range(40)]),
+        row_oracle(full),
+        tol=0,
+        max_iterations=100,
+        progress=False,
+    )
+    assert result.converged
+    assert all("-" not in n for n in (*result.matrix.attackers, *result.matrix.defenders))
+    assert result.equilibrium.value == pytest.approx(value, abs=1e-9)
+    for h in result.history:
+        assert h.lower_bound <= value + 1e-9 and value - 1e-9 <= h.upper_bound
