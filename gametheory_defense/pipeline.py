@@ -415,8 +415,8 @@ def run_pipeline(
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
     out = Path(out)
-    _check_out_dir(out, resume)
     dev = resolve_device(device)
+    _check_out_dir(out, resume)
     if executor is not None:
         config = dataclasses.replace(config, game=dataclasses.replace(config.game, executor=executor))
     if data_dir is not None:
