@@ -84,6 +84,7 @@ def eps_curve(result, config, device, eps_list, out: Path, progress: bool) -> di
                 rep = evaluate(
                     model, (x, y), suite(config.evaluation.suite, eps=eps, norm=config.evaluation.norm, model=model),
                     eps=eps, norm=config.evaluation.norm, repeats=config.evaluation.repeats,
+                    draws=config.evaluation.draws,
                     batch_size=config.game.batch_size, device=device,
                     seed=cell_seed(config.seed, "eps-curve", name, eps), progress=progress,
                 )
@@ -125,9 +126,18 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     p.add_argument("--skip-transfer", action="store_true", help="run only the self formulation")
+    p.add_argument("--transfer-sources", nargs="+", default=None, metavar="NAME",
+                   help="defenders the transfer game crafts on (default: the trained models, without SAP)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch CPU threads (default 2); trained weights depend on it, so reruns must use the same")
+    p.add_argument("--compare", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="results.json of an earlier run: report the largest difference from it (reproducibility)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args()
     progress = not args.no_progress
+    if args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     config = load_config(args.config)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -148,9 +158,10 @@ def main() -> int:
         for sub in ("models", "robustness"):  # same models; pure defenders' evaluations are reused
             if (args.out / "self" / sub).is_dir() and not (tdir / sub).exists():
                 shutil.copytree(args.out / "self" / sub, tdir / sub)
+        sources = tuple(args.transfer_sources or [m.name for m in config.models])
         tconfig = dataclasses.replace(
             config,
-            game=dataclasses.replace(config.game, formulation="transfer"),
+            game=dataclasses.replace(config.game, formulation="transfer", sources=sources),
             double_oracle=dataclasses.replace(config.double_oracle, enabled=False),
         )
         transfer_res = run_pipeline(
@@ -187,6 +198,8 @@ def main() -> int:
             rows.append(("mixture after double oracle", "adaptive suite, per-example worst case", r["worst_case_accuracy"], ci_pair(r["worst_case_ci"])))
     if transfer_res is not None:
         tm, teq, trob = transfer_res.matrix, transfer_res.equilibrium, transfer_res.robustness
+        tbest = int(np.argmax(tm.values.min(axis=1)))
+        rows.append((f"best pure defender, transfer game ({tm.defenders[tbest]})", "paper protocol", tm.values[tbest].min(), "n/a"))
         rows.append(("equilibrium mixture (transfer game)", "paper protocol: game value", teq.value, ci(teq.value, value_stderr(tm, teq))))
         rows.append(("equilibrium mixture (transfer game)", "adaptive suite, per-example worst case", trob["mixture"]["worst_case_accuracy"], ci_pair(trob["mixture"]["worst_case_ci"])))
 
@@ -194,12 +207,21 @@ def main() -> int:
     at_adaptive = rob[best_at]["worst_case_accuracy"]
     at_paper = max(m.values[m.defenders.index(n)].min() for n in at_names)
     mix_adaptive = rob["mixture"]["worst_case_accuracy"]
+    def support(res) -> str:
+        x = np.asarray(res.equilibrium.defender_strategy)
+        names = res.matrix.defenders
+        return ", ".join(f"`{names[i]}` {x[i]:.3f}" for i in np.argsort(-x) if x[i] > 1e-6)
+
     lines = [
         f"# Results: {config.name}",
         "",
+        f"Self-game equilibrium mixture: {support(self_res)}."
+        + (f" Transfer-game mixture (sources: {', '.join(tconfig.game.sources)}): {support(transfer_res)}." if transfer_res is not None else ""),
+        "",
         f"Threat model L-inf eps {config.evaluation.eps}; {config.data.eval_size} test images for the game, "
         f"the first {min(config.evaluation.size or config.data.eval_size, config.data.eval_size)} of them for the adaptive suite; "
-        f"stochastic defenders over {config.game.repeats} draws (game) and {config.evaluation.repeats} (adaptive).",
+        f"stochastic defenders over {config.game.repeats} draws (game); adaptive suite: {config.evaluation.repeats} "
+        f"run(s) of every attack, each adversarial example classified {config.evaluation.draws} time(s).",
         "",
         "| model | protocol | accuracy | 95% CI |",
         "| --- | --- | --- | --- |",
@@ -241,7 +263,35 @@ def main() -> int:
         "eps_curve": curves, "wall_seconds": walls, "environment": env,
     }, indent=2))
     print("\n".join(lines))
+    if args.compare is not None:
+        return compare(args.out / "results.json", args.compare)
     return 0
+
+
+def compare(new_path: Path, old_path: Path) -> int:
+    """Print the largest differences between two results.json files; 0 if every number is equal."""
+    new, old = json.loads(new_path.read_text()), json.loads(old_path.read_text())
+    diffs = []
+    old_rows = {(r["model"], r["protocol"]): r["accuracy"] for r in old["rows"]}
+    for r in new["rows"]:
+        key = (r["model"], r["protocol"])
+        if key in old_rows:
+            diffs.append((f"{key[0]} / {key[1]}", r["accuracy"], old_rows[key]))
+        else:
+            diffs.append((f"{key[0]} / {key[1]} (missing in {old_path})", r["accuracy"], float("nan")))
+    for k, v in new["eps_curve"].items():
+        o = old["eps_curve"].get(k, {}).get("worst_case_accuracy", float("nan"))
+        diffs.append((f"eps curve {k}", v["worst_case_accuracy"], o))
+    print(f"\n## Reproducibility: this run vs {old_path}\n")
+    print("| number | this run | earlier run | difference |")
+    print("| --- | ---: | ---: | ---: |")
+    worst = 0.0
+    for name, a, b in diffs:
+        d = abs(a - b) if math.isfinite(b) else float("inf")
+        worst = max(worst, d)
+        print(f"| {name} | {pct(a)} | {pct(b) if math.isfinite(b) else 'n/a'} | {100 * d:.2f} points |")
+    print(f"\nlargest difference: {100 * worst:.4f} points" + (" (identical)" if worst == 0 else ""))
+    return 0 if worst == 0 else 1
 
 
 if __name__ == "__main__":

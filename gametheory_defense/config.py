@@ -100,6 +100,7 @@ class GameConfig:
     batch_size: int = 256
     ray_num_gpus: float = 0.0
     ray_address: str | None = None
+    sources: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +113,7 @@ class EvaluationConfig:
     norm: str = "linf"
     size: int | None = None
     repeats: int = 2
+    draws: int = 1
     models: tuple[str, ...] | None = None
 
 
@@ -350,6 +352,7 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
     _check_positive(evaluation.eps, "evaluation.eps")
     _check_positive(evaluation.size, "evaluation.size")
     _check_positive(evaluation.repeats, "evaluation.repeats")
+    _check_positive(evaluation.draws, "evaluation.draws")
     from gametheory_defense.evaluation import SUITES
 
     if evaluation.suite not in SUITES:
@@ -381,6 +384,16 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
     )
     names = defender_names(config)
     _validate_names(names, "defenders")
+    if game.sources is not None:
+        if game.formulation != "transfer":
+            raise ConfigError("game.sources: only applies to formulation = \"transfer\" (the self game attacks each defender itself)")
+        if not game.sources:
+            raise ConfigError("game.sources: give at least one defender name")
+        for n in game.sources:
+            if n not in names:
+                raise ConfigError(f"game.sources: {n!r} is not a defender (defenders: {', '.join(names)})")
+        if len(set(game.sources)) != len(game.sources):
+            raise ConfigError("game.sources: names must be distinct")
     for n in evaluation.models or ():
         if n not in names:
             raise ConfigError(f"evaluation.models: {n!r} is not a defender (defenders: {', '.join(names)})")

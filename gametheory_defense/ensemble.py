@@ -340,7 +340,7 @@ class MixedStrategyModel(StochasticModule):
         eq: Any,
         defenders: Mapping[str, nn.Module | Any],
         *,
-        atol: float = 1e-9,
+        atol: float = 1e-6,
         sample: SampleMode | str = "per-example",
     ) -> MixedStrategyModel:
         """The defender's equilibrium mixture of a solved game (von Neumann, 1928) as a model.
@@ -354,8 +354,11 @@ class MixedStrategyModel(StochasticModule):
         defenders : Mapping[str, nn.Module or DefenderSpec]
             Models by the names of the game's rows. Only the support (probability
             ``> atol``) must be present; a ``DefenderSpec`` is loaded on the CPU.
-        atol : float, default 1e-9
-            Probabilities ``<= atol`` are dropped and the rest renormalised.
+        atol : float, default 1e-6
+            Probabilities ``<= atol`` are dropped and the rest renormalised. LP solvers
+            leave round-off of about their feasibility tolerance (HiGHS: 1e-7) on rows
+            outside the support; keeping such a member would change nothing at inference
+            but would make a pure equilibrium look like a mixture to the attacks.
         sample : str, default "per-example"
             Sampling mode of the returned model.
 

@@ -7,9 +7,12 @@ probability of a correct answer among clean and every attack (for a deterministi
 correct clean and under every attack), averaged over examples. That worst case is the
 number to quote.
 
-For a randomized model every figure is measured over ``repeats`` independent draws (of
-the attack's and of the model's randomness): the mean accuracy over draws, and the
-stricter fraction of examples classified correctly in *every* draw.
+For a randomized model every figure is measured over ``repeats`` independent runs of the
+attack (the attack's and the model's randomness), and every adversarial example is
+classified ``draws`` times (the defense's randomness at inference): the mean accuracy over
+all of these, and the stricter fraction of examples classified correctly in *every* one.
+``draws > 1`` matters for the worst case: it is a per-example minimum over attacks of
+estimated probabilities, and a minimum of one-draw (0/1) estimates is biased low.
 
 Sanity checks in the spirit of AutoAttack's (Croce & Hein, 2020) and of the checklist of
 Carlini et al. (2019, "On evaluating adversarial robustness") warn with
@@ -136,7 +139,13 @@ def _model_kind(model: nn.Module | None) -> str:
     if model is None:
         return "deterministic"
     if is_mixture(model):
-        return "mixture"
+        support = mixture_components(model)
+        if len(support) > 1:
+            return "mixture"
+        # A mixture with one member in its support is that member: mixture-aware PGD on it
+        # is EOT-PGD on the member and ARC has nothing to switch between, so it gets the
+        # member's attacks (EOT ones if the member is randomized, as a SAP model is).
+        return "randomized" if is_stochastic(support[0].module) else "deterministic"
     return "randomized" if is_stochastic(model) else "deterministic"
 
 
@@ -154,7 +163,8 @@ def suite(name: str, *, eps: float, norm: str = "linf", model: nn.Module | None 
     model : nn.Module, optional
         The model to be attacked: a mixed strategy gets the EOT, mixture-aware and ARC
         attacks, a randomized model (SAP) the EOT ones, a deterministic model PGD with the
-        CE and CW losses and APGD. ``None`` means a deterministic model.
+        CE and CW losses and APGD. A mixture with a single member in its support is
+        treated as that member. ``None`` means a deterministic model.
 
     Returns
     -------
@@ -243,14 +253,17 @@ class AttackResult:
         Confidence interval of ``accuracy`` (Wilson; see ``docs/evaluation.md``).
     accuracy_all_draws : float
         Fraction of examples correct in every draw (equals ``accuracy`` when
-        ``repeats == 1``).
+        ``repeats == draws == 1``).
     n_examples : int
     repeats : int
+        Runs of the attack.
     seconds : float
         Wall time of the attack over all draws.
     outcomes : numpy.ndarray, optional
-        ``(repeats, n_examples)`` bool, whether each example was classified correctly in
-        each draw (not in JSON unless asked for).
+        ``(repeats * draws, n_examples)`` bool, whether each example was classified
+        correctly in each (attack run, model draw) pair (not in JSON unless asked for).
+    draws : int
+        Classifications of every adversarial example (randomized models; else 1).
     """
 
     name: str
@@ -263,6 +276,7 @@ class AttackResult:
     repeats: int
     seconds: float = 0.0
     outcomes: np.ndarray | None = field(default=None, repr=False, compare=False)
+    draws: int = 1
 
     def to_dict(self, *, include_outcomes: bool = False) -> dict[str, Any]:
         """JSON-able fields (``outcomes`` as 0/1 lists only when asked for)."""
@@ -275,6 +289,7 @@ class AttackResult:
             "accuracy_all_draws": self.accuracy_all_draws,
             "n_examples": self.n_examples,
             "repeats": self.repeats,
+            "draws": self.draws,
             "seconds": self.seconds,
         }
         if include_outcomes and self.outcomes is not None:
@@ -296,6 +311,7 @@ class AttackResult:
             repeats=int(d["repeats"]),
             seconds=float(d.get("seconds", 0.0)),
             outcomes=None if outcomes is None else np.asarray(outcomes, dtype=bool),
+            draws=int(d.get("draws", 1)),
         )
 
 
@@ -326,7 +342,7 @@ class RobustnessReport:
         Whether the model is randomized.
     n_examples : int
     repeats : int
-        Draws per measurement (1 for a deterministic model).
+        Attack runs per measurement (1 for a deterministic model).
     confidence : float
         Coverage of the intervals.
     threat_model : dict
@@ -336,7 +352,10 @@ class RobustnessReport:
     sanity : dict
         Numbers behind the sanity checks (noise/transfer accuracies, eps sweep).
     clean_outcomes, worst_case_outcomes : numpy.ndarray, optional
-        ``(repeats, n_examples)`` bool per-example outcomes (not in JSON unless asked for).
+        ``(repeats * draws, n_examples)`` bool per-example outcomes (not in JSON unless
+        asked for).
+    draws : int
+        Classifications of every (adversarial) example (1 for a deterministic model).
     """
 
     clean_accuracy: float
@@ -357,6 +376,7 @@ class RobustnessReport:
     sanity: dict[str, Any] = field(default_factory=dict)
     clean_outcomes: np.ndarray | None = field(default=None, repr=False, compare=False)
     worst_case_outcomes: np.ndarray | None = field(default=None, repr=False, compare=False)
+    draws: int = 1
 
     def attack(self, name: str) -> AttackResult:
         """The result of the attack called ``name``."""
@@ -382,6 +402,7 @@ class RobustnessReport:
             "stochastic": self.stochastic,
             "n_examples": self.n_examples,
             "repeats": self.repeats,
+            "draws": self.draws,
             "confidence": self.confidence,
             "threat_model": dict(self.threat_model),
             "warnings": list(self.warnings),
@@ -422,6 +443,7 @@ class RobustnessReport:
             sanity=dict(d.get("sanity", {})),
             clean_outcomes=arr("clean_outcomes"),
             worst_case_outcomes=arr("worst_case_outcomes"),
+            draws=int(d.get("draws", 1)),
         )
 
     def to_json(self, path: str | os.PathLike[str], *, include_outcomes: bool = False) -> Path:
@@ -444,7 +466,11 @@ class RobustnessReport:
         tm = self.threat_model
         head = (
             f"Threat model: {tm.get('norm')} eps={tm.get('eps'):g}; {self.n_examples} examples"
-            + (f", {self.repeats} draws (randomized model)" if self.stochastic else " (deterministic model)")
+            + (
+                f", {self.repeats} attack run(s) x {self.draws} draw(s) of the model (randomized model)"
+                if self.stochastic
+                else " (deterministic model)"
+            )
         )
         rows = [
             head,
@@ -656,6 +682,7 @@ def evaluate(
     eps: float | None = None,
     norm: str = "linf",
     repeats: int = 1,
+    draws: int = 1,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     generator: torch.Generator | None = None,
@@ -683,8 +710,15 @@ def evaluate(
     norm : {"linf", "l2"}
         Threat model for a suite.
     repeats : int
-        Independent draws per measurement of a randomized model (attack and model
+        Independent runs of every attack on a randomized model (attack and model
         randomness); a deterministic model is measured once.
+    draws : int
+        Classifications of every clean and adversarial example by a randomized model
+        (forward passes only, cheap next to the attacks). The per-example worst case takes
+        a minimum over attacks of the estimated probability of a correct answer; with
+        one draw those estimates are 0/1 and the minimum is biased low (it counts an
+        example as broken when any one attack met an unlucky draw). Use 10-20 draws when
+        comparing randomized defenses with deterministic ones.
     batch_size : int
         Examples per attack call and forward pass.
     device : str or torch.device
@@ -716,6 +750,8 @@ def evaluate(
 
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"draws must be an integer >= 1, got {draws!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if not 0.0 < confidence < 1.0:
@@ -753,6 +789,7 @@ def evaluate(
         random_forward = _forward_differs(model, xs, seed)
         stochastic = bool(is_stochastic(model) or random_forward)
         reps = repeats if stochastic else 1
+        n_draws = draws if stochastic else 1
         if reps < repeats:
             log.info("model is deterministic: measuring once instead of %d times", repeats)
         sanity: dict[str, Any] = {}
@@ -781,6 +818,7 @@ def evaluate(
         bar = tqdm(total=(1 + len(attacks)) * reps * len(batches), desc="evaluate", disable=not progress, leave=False)
 
         def measure(craft: Any) -> np.ndarray:
+            # rows: (attack run, model draw) pairs; columns: examples
             rows = []
             for _ in range(reps):
                 correct = []
@@ -788,10 +826,12 @@ def evaluate(
                     xb, yb = x_all[i : i + batch_size], y_all[i : i + batch_size]
                     xa = craft(xb, yb)
                     with use_generator(model, gen):
-                        correct.append(_predict_correct(model, xa, yb, batch_size))
+                        correct.append(
+                            torch.stack([_predict_correct(model, xa, yb, batch_size) for _ in range(n_draws)])
+                        )
                     bar.update(1)
-                rows.append(torch.cat(correct).cpu().numpy())
-            return np.stack(rows).astype(bool)
+                rows.append(torch.cat(correct, dim=1).cpu().numpy())
+            return np.concatenate(rows).astype(bool)
 
         try:
             clean = measure(lambda xb, yb: xb)
@@ -807,7 +847,9 @@ def evaluate(
                     mean, lo, hi, alld = _summary(outcomes, confidence)
                     log.info("%s: accuracy %.4f [%.4f, %.4f] (%.1f s)", name, mean, lo, hi, secs)
                     results.append(
-                        AttackResult(name, a.config(), mean, lo, hi, alld, n, reps, secs, outcomes=outcomes)
+                        AttackResult(
+                            name, a.config(), mean, lo, hi, alld, n, reps, secs, outcomes=outcomes, draws=n_draws
+                        )
                     )
         finally:
             bar.close()
@@ -852,6 +894,7 @@ def evaluate(
         sanity=sanity,
         clean_outcomes=clean,
         worst_case_outcomes=worst,
+        draws=n_draws,
     )
 
 

@@ -62,6 +62,12 @@ def test_packaged_demo_config_is_the_example():
         (lambda r: r["evaluation"].update(suite="weak"), "evaluation.suite"),
         (lambda r: r["evaluation"].update(eps=float("nan")), "evaluation.eps"),
         (lambda r: r["evaluation"].update(models=["pgd-at", "nobody"]), "evaluation.models"),
+        (lambda r: r["evaluation"].update(draws=0), "evaluation.draws"),
+        (lambda r: r["evaluation"].update(draws=2.5), "evaluation.draws"),
+        (lambda r: r["game"].update(sources=["pgd-at"]), "game.sources: only applies"),
+        (lambda r: r["game"].update(formulation="transfer", sources=["nobody"]), "game.sources: 'nobody'"),
+        (lambda r: r["game"].update(formulation="transfer", sources=[]), "game.sources"),
+        (lambda r: r["game"].update(formulation="transfer", sources=["pgd-at", "pgd-at"]), "game.sources"),
         (lambda r: r["double_oracle"].update(max_iterations=0), "double_oracle.max_iterations"),
         (lambda r: r["double_oracle"].update(attack="nope"), "double_oracle.attack"),
         (lambda r: r.pop("attackers"), "attackers"),
@@ -76,6 +82,14 @@ def test_bad_config_names_the_key(mutate, needle):
     message = str(info.value)
     assert needle in message
     assert "\n" not in message
+
+
+def test_transfer_sources_and_draws_parse():
+    raw = raw_digits()
+    raw["game"].update(formulation="transfer", sources=["standard", "pgd-at"])
+    raw["evaluation"].update(draws=20)
+    cfg = parse_config(raw)
+    assert cfg.game.sources == ("standard", "pgd-at") and cfg.evaluation.draws == 20
 
 
 def test_load_config_file_errors(tmp_path):

@@ -231,6 +231,15 @@ def test_from_equilibrium_drops_zero_weight_and_renormalises() -> None:
         MixedStrategyModel.from_equilibrium(eq, {**models, "zzz": Constant(1)})
 
 
+def test_from_equilibrium_drops_solver_round_off() -> None:
+    # HiGHS leaves ~1e-7 on rows outside the support; such a member is dropped by default
+    eq = FakeEquilibrium(("pure", "noise"), np.array([1.0 - 1.5e-7, 1.5e-7]), 0.8)
+    mix = MixedStrategyModel.from_equilibrium(eq, {"pure": Constant(0), "noise": Constant(1)})
+    assert mix.names == ("pure",) and mix.strategy.tolist() == [1.0]
+    kept = MixedStrategyModel.from_equilibrium(eq, {"pure": Constant(0), "noise": Constant(1)}, atol=1e-9)
+    assert kept.names == ("pure", "noise")
+
+
 def test_from_equilibrium_with_real_solver() -> None:
     solvers = pytest.importorskip("gametheory_defense.solvers")
     from payoff import PayoffMatrix

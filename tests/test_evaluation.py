@@ -21,6 +21,7 @@ from gametheory_defense.evaluation import (
     wilson_interval,
 )
 from gametheory_defense.sap import apply_sap
+from gametheory_defense.stochastic import StochasticModule, random_tensor
 
 EPS = 0.1
 
@@ -171,6 +172,63 @@ def test_suites_fit_the_model(digits) -> None:  # type: ignore[no-untyped-def]
     assert all(a.eot_samples == 20 for a in sap.values()) and sap["eot-pgd-ce"].steps == 100
     with pytest.raises(ValueError, match="unknown attack suite"):
         suite("strong", eps=EPS)
+
+
+class CoinFlipClassifier(StochasticModule):
+    """Correct with probability ``p`` on every input, independently per forward pass."""
+
+    def __init__(self, p: float, num_classes: int = 10) -> None:
+        super().__init__()
+        self.p, self.num_classes = p, num_classes
+        self.labels: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.labels is not None
+        n = x.shape[0]
+        y = self.labels[:n] if n <= self.labels.shape[0] else self.labels.repeat(n // self.labels.shape[0] + 1)[:n]
+        u = random_tensor("rand", (n,), generator=self.generator, device=x.device, dtype=x.dtype)
+        pred = torch.where(u < self.p, y, (y + 1) % self.num_classes)
+        logits = torch.nn.functional.one_hot(pred, self.num_classes).to(x.dtype) * 10.0
+        return logits + 0.0 * x.flatten(1).sum(dim=1, keepdim=True)  # a (zero) input gradient
+
+
+def test_draws_remove_the_low_bias_of_the_worst_case() -> None:
+    # Every attack leaves the coin-flip model at 0.7; with one draw the per-example minimum
+    # over clean + 3 attacks is 0.7^4 = 0.24 in expectation; with 200 draws it is close to 0.7.
+    n = 400
+    x, y = torch.rand(n, 1, 2, 2), torch.arange(n) % 10
+    model = CoinFlipClassifier(0.7)
+    model.labels = y
+    attacks = {f"pgd{i}": PGD(0.1, steps=1) for i in range(3)}
+    one = evaluate(model, (x, y), attacks, draws=1, batch_size=n, sanity_checks=False, progress=False, seed=1)
+    many = evaluate(model, (x, y), attacks, draws=200, batch_size=n, sanity_checks=False, progress=False, seed=1)
+    assert one.draws == 1 and many.draws == 200 and many.repeats == 1
+    assert many.attacks[0].outcomes.shape == (200, n) and many.clean_outcomes.shape == (200, n)
+    for r in (*one.attacks, *many.attacks):
+        assert r.accuracy == pytest.approx(0.7, abs=0.08)
+    assert many.attacks[0].accuracy == pytest.approx(0.7, abs=0.01)
+    assert one.worst_case_accuracy == pytest.approx(0.7**4, abs=0.07)
+    # E[min of 4 means of 200 Bernoulli(0.7)] = 0.7 - 1.03 * sqrt(0.21 / 200) ~ 0.667
+    assert many.worst_case_accuracy == pytest.approx(0.667, abs=0.01)
+    assert many.worst_case_accuracy_all_draws == 0.0  # nobody survives 800 coin flips
+    assert RobustnessReport.from_dict(json.loads(json.dumps(many.to_dict()))).draws == 200
+    with pytest.raises(ValueError, match="draws"):
+        evaluate(model, (x, y), attacks, draws=0, progress=False)
+
+
+def test_deterministic_model_is_classified_once_whatever_draws(digits) -> None:  # type: ignore[no-untyped-def]
+    report, _ = _evaluate(digits["mlp"], digits["data"], {"pgd": PGD(EPS, steps=3)}, draws=7, sanity_checks=False)
+    assert report.draws == 1 and report.attacks[0].outcomes.shape == (1, len(digits["data"][1]))
+
+
+def test_one_member_mixture_gets_the_members_suite(digits) -> None:  # type: ignore[no-untyped-def]
+    sap = apply_sap(digits["mlp"], 0.5)
+    mix = MixedStrategyModel([sap, digits["mlp2"]], [1.0, 0.0])
+    assert set(suite("adaptive", eps=EPS, model=mix)) == set(suite("adaptive", eps=EPS, model=sap))
+    pure = MixedStrategyModel([digits["mlp"], sap], [1.0, 0.0])
+    assert set(suite("adaptive", eps=EPS, model=pure)) == {"pgd-ce", "pgd-cw", "apgd-ce", "apgd-dlr"}
+    two = MixedStrategyModel([sap, digits["mlp2"]], [0.5, 0.5])
+    assert {"mixture-pgd-ce", "mixture-pgd-cw", "arc"} <= set(suite("adaptive", eps=EPS, model=two))
 
 
 def test_bad_arguments(digits) -> None:  # type: ignore[no-untyped-def]

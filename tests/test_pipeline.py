@@ -128,3 +128,29 @@ def test_bad_config_is_one_line(tmp_path):
     proc = gtdefense("run", str(cfg), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "data.eval_size" in proc.stderr
+
+
+def test_transfer_game_with_chosen_sources(demo, tmp_path):
+    """[game] sources: columns are (attack, source) for those sources only; the diagonal is the self game."""
+    import shutil
+    import tomllib
+
+    from gametheory_defense.config import parse_config
+    from gametheory_defense.pipeline import run_pipeline
+
+    out, _ = demo
+    raw = tomllib.loads((ROOT / "examples" / "digits.toml").read_text())
+    raw["game"].update(formulation="transfer", sources=["standard", "pgd-at"])
+    raw["evaluation"]["enabled"] = False
+    raw.setdefault("double_oracle", {})["enabled"] = False
+    config = parse_config(raw)
+    shutil.copytree(out / "models", tmp_path / "t" / "models")  # same models: no training
+    res = run_pipeline(config, tmp_path / "t", resume=True, progress=False)
+    attacks = [a.name for a in config.attackers]
+    assert sorted(res.matrix.attackers) == sorted(f"{a}@{s}" for a in attacks for s in ("standard", "pgd-at"))
+    self_game = PayoffMatrix.from_json(out / "payoff.json")
+    for d in ("standard", "pgd-at"):  # deterministic defender attacked through itself = the self game's cell
+        for a in attacks:
+            i, j = self_game.defenders.index(d), self_game.attackers.index(a)
+            k, m = res.matrix.defenders.index(d), res.matrix.attackers.index(f"{a}@{d}")
+            assert res.matrix.values[k, m] == self_game.values[i, j]

@@ -279,6 +279,7 @@ def _eot_chunk(
     out = model(inp)
     loss = loss_fn(out, target)
     (grad,) = torch.autograd.grad(loss.sum(), leaf)
+    grad = grad.contiguous()  # autograd may return a broadcast view; steps update it in place
     out = out.detach()
     loss = loss.detach()
     if copies > 1:

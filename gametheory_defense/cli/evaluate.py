@@ -56,7 +56,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="data set (default: the one recorded with the model)")
     p.add_argument("--data-dir", default=None, help="directory holding the data set files")
     p.add_argument("--n", type=int, default=1000, help="evaluate the first N test images (default 1000)")
-    p.add_argument("--repeats", type=int, default=1, help="independent draws for a randomized model (default 1)")
+    p.add_argument("--repeats", type=int, default=1, help="independent runs of every attack on a randomized model (default 1)")
+    p.add_argument(
+        "--draws",
+        type=int,
+        default=1,
+        help="classifications of every example by a randomized model; 10-20 avoid a low-biased worst case (default 1)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of all randomness (default 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     p.add_argument("--batch-size", type=int, default=256, help="examples per attack call (default 256)")
@@ -173,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.draws < 1:
+        raise ValueError(f"--draws must be >= 1, got {args.draws}")
     named = _attacks(args)  # fail fast on bad attack arguments
     model, recorded = _load(args)
     dataset = args.dataset or recorded
@@ -192,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
         test,
         attacks,
         repeats=args.repeats,
+        draws=args.draws,
         batch_size=args.batch_size,
         device=args.device,
         generator=torch.Generator().manual_seed(args.seed),
