@@ -104,7 +104,7 @@ def _training_kwargs(m: Any) -> dict[str, Any]:
 def _train_models(
     config: RunConfig, out: Path, train_set: Any, eval_set: Any, *, device: torch.device, resume: bool, progress: bool
 ) -> dict[str, Path]:
-    from gametheory_defense.checkpoint import load_checkpoint, save_checkpoint
+    from gametheory_defense.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
     from gametheory_defense.models import build_model
     from gametheory_defense.training import train
 
@@ -121,7 +121,7 @@ def _train_models(
             "seed": seed,
             **_training_kwargs(m),
         }
-        sidecar = _read_json(path.with_suffix(".json"))
+        sidecar = _read_json(checkpoint_paths(path)[1])  # NAME.json; names may contain dots ("pgd-at-0.3")
         if resume and sidecar is not None and (sidecar.get("extra") or {}).get("recipe") == recipe:
             try:
                 load_checkpoint(path)  # verifies the weights

@@ -154,3 +154,26 @@ def test_transfer_game_with_chosen_sources(demo, tmp_path):
             i, j = self_game.defenders.index(d), self_game.attackers.index(a)
             k, m = res.matrix.defenders.index(d), res.matrix.attackers.index(f"{a}@{d}")
             assert res.matrix.values[k, m] == self_game.values[i, j]
+
+
+def test_resume_reuses_models_whose_names_contain_dots(tmp_path, caplog):
+    """A model named "pgd-at-0.1" is found again on resume (its sidecar is pgd-at-0.1.json)."""
+    import logging
+    import tomllib
+
+    from gametheory_defense.config import parse_config
+    from gametheory_defense.data import load_dataset
+    from gametheory_defense.pipeline import _train_models
+
+    raw = tomllib.loads((ROOT / "examples" / "digits.toml").read_text())
+    raw["models"] = [dict(raw["models"][0], name="std-0.1", epochs=1)]
+    config = parse_config(raw)
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    import torch
+
+    paths = _train_models(config, tmp_path, train, test, device=torch.device("cpu"), resume=True, progress=False)
+    stamp = paths["std-0.1"].with_name("std-0.1.safetensors").stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="gametheory_defense.pipeline"):
+        _train_models(config, tmp_path, train, test, device=torch.device("cpu"), resume=True, progress=False)
+    assert "reusing trained model std-0.1" in caplog.text
+    assert paths["std-0.1"].with_name("std-0.1.safetensors").stat().st_mtime_ns == stamp
