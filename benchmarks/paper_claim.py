@@ -96,6 +96,61 @@ def eps_curve(result, config, device, eps_list, out: Path, progress: bool) -> di
     return curves
 
 
+def paired(result, config, device, names: list[str], n: int, out: Path, progress: bool) -> dict:
+    """Adaptive suite on the first ``n`` test images for ``names``; per-example worst cases kept.
+
+    The per-example worst case of a model is the minimum over clean and every attack of the
+    estimated probability of a correct answer; the paired difference of two models on the
+    same images has a much smaller error than the difference of two independent figures.
+    Cached in ``out/paired.json`` per model (resumable).
+    """
+    from gametheory_defense.checkpoint import load_checkpoint
+    from gametheory_defense.data import load_dataset
+    from gametheory_defense.ensemble import MixedStrategyModel
+    from gametheory_defense.evaluation import evaluate, suite
+
+    cache = out / "paired.json"
+    done = json.loads(cache.read_text()) if cache.exists() else {}
+    d = config.data
+    test = load_dataset(d.dataset, "test", data_dir=d.data_dir)
+    sub = test.subset(list(range(d.eval_offset, d.eval_offset + n)))
+    ev = config.evaluation
+    for name in names:
+        if name in done and done[name]["n"] == n:
+            continue
+        if name == "mixture":
+            model = MixedStrategyModel.load(result.out / "ensemble", device=str(device))
+        else:
+            model = load_checkpoint(result.out / "models" / name, device=str(device)).model
+        t = time.perf_counter()
+        rep = evaluate(
+            model, (sub.images, sub.labels), suite(ev.suite, eps=ev.eps, norm=ev.norm, model=model),
+            eps=ev.eps, norm=ev.norm, repeats=ev.repeats, draws=ev.draws, batch_size=config.game.batch_size,
+            device=device, seed=cell_seed(config.seed, "paired", name), progress=progress,
+        )
+        per_example = rep.clean_outcomes.mean(axis=0)
+        for a in rep.attacks:
+            per_example = np.minimum(per_example, a.outcomes.mean(axis=0))
+        done[name] = {
+            "n": n,
+            "worst_case_accuracy": float(per_example.mean()),
+            "worst_case_ci": [rep.worst_case_ci_low, rep.worst_case_ci_high],
+            "attacks": {a.name: a.accuracy for a in rep.attacks},
+            "per_example": per_example.tolist(),
+            "seconds": time.perf_counter() - t,
+        }
+        cache.write_text(json.dumps(done))
+    return done
+
+
+def paired_difference(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Mean of ``a - b`` over the same examples and its normal 95% interval."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    mean = float(diff.mean())
+    se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+    return mean, mean - 1.96 * se, mean + 1.96 * se
+
+
 def plot_curves(curves: dict, eps_list, path: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -130,6 +185,9 @@ def main() -> int:
                    help="defenders the transfer game crafts on (default: the trained models, without SAP)")
     p.add_argument("--threads", type=int, default=2,
                    help="torch CPU threads (default 2); trained weights depend on it, so reruns must use the same")
+    p.add_argument("--paired-size", type=int, default=0, metavar="N",
+                   help="also run the adaptive suite on the first N test images for the mixture and the best "
+                        "PGD-AT model and report their paired difference (outside the timed setting)")
     p.add_argument("--compare", type=Path, default=None, metavar="RESULTS_JSON",
                    help="results.json of an earlier run: report the largest difference from it (reproducibility)")
     p.add_argument("--no-progress", action="store_true")
@@ -175,6 +233,13 @@ def main() -> int:
     plot_curves(curves, args.eps, args.out / "eps_curve.png")
     walls["robustness-versus-eps curves"] = time.perf_counter() - t
     walls["total"] = time.perf_counter() - t0
+    paired_res = None
+    if args.paired_size > 0:
+        t = time.perf_counter()
+        at_best = max((m.name for m in config.models if m.method == "pgd-at"),
+                      key=lambda n: self_res.robustness[n]["worst_case_accuracy"])
+        paired_res = paired(self_res, data_config, args.device, ["mixture", at_best], args.paired_size, args.out, progress)
+        walls[f"paired comparison on {args.paired_size} images (not part of the setting's total)"] = time.perf_counter() - t
 
     # ----------------------------------------------------------------- the table
     m, eq, rob = self_res.matrix, self_res.equilibrium, self_res.robustness
@@ -241,6 +306,24 @@ def main() -> int:
     ]
     for name in ["mixture", *at_names]:
         lines.append(f"| {name} | " + " | ".join(pct(curves[f'{name}@{e:g}']['worst_case_accuracy']) for e in args.eps) + " |")
+    if paired_res is not None:
+        (mname, aname) = list(paired_res)[:2]
+        mean, lo, hi = paired_difference(paired_res[mname]["per_example"], paired_res[aname]["per_example"])
+        lines += [
+            "",
+            f"## Paired comparison on the first {args.paired_size} test images (adaptive suite, eps {config.evaluation.eps:g})",
+            "",
+            "| model | per-example worst case | 95% CI | attacks |",
+            "| --- | --- | --- | --- |",
+            *[
+                f"| {k} | {pct(v['worst_case_accuracy'])} | {ci_pair(v['worst_case_ci'])} | "
+                + ", ".join(f"{a} {pct(x)}" for a, x in v["attacks"].items()) + " |"
+                for k, v in paired_res.items()
+            ],
+            "",
+            f"Paired difference {mname} - {aname}: {100 * mean:+.2f} points, 95% CI [{100 * lo:+.2f}, {100 * hi:+.2f}] "
+            "(normal interval on the per-example differences).",
+        ]
     env = environment()
     lines += [
         "",
@@ -261,6 +344,7 @@ def main() -> int:
     (args.out / "results.json").write_text(json.dumps({
         "rows": [{"model": a, "protocol": b, "accuracy": c, "ci": d} for a, b, c, d in rows],
         "eps_curve": curves, "wall_seconds": walls, "environment": env,
+        "paired": None if paired_res is None else {k: {kk: vv for kk, vv in v.items() if kk != "per_example"} for k, v in paired_res.items()},
     }, indent=2))
     print("\n".join(lines))
     if args.compare is not None:
