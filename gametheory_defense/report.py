@@ -80,8 +80,14 @@ def render_report(
         f"exploitability certificate {equilibrium.exploitability:.2e}.",
         f"- **Best pure defender** (maximin row): `{matrix.defenders[best]}` at {pct(row_min[best])}; "
         f"the mixture's gain over it under this protocol: {100.0 * (equilibrium.value - row_min[best]):+.2f} points.",
-        "- These attackers are crafted against each defender separately; a mixture is not evaluated against "
-        "attacks aimed at the mixture itself here, so this value is **not** a robustness claim. See section 3.",
+        (
+            "- These attackers are crafted against each defender separately; a mixture is not evaluated against "
+            "attacks aimed at the mixture itself here, so this value is **not** a robustness claim. See section 3."
+            if config.game.formulation == "self"
+            else "- Columns are (attack, source model) pairs: each attack is crafted once against its source and "
+            "every defender is evaluated on those examples (a transfer threat). Nothing is crafted against the "
+            "mixture itself here, so this value is **not** a robustness claim. See section 3."
+        ),
         "",
         "![payoff matrix](payoff.png)",
         "",
