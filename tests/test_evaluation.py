@@ -192,6 +192,7 @@ class CoinFlipClassifier(StochasticModule):
         return logits + 0.0 * x.flatten(1).sum(dim=1, keepdim=True)  # a (zero) input gradient
 
 
+@pytest.mark.filterwarnings("ignore::gametheory_defense.attacks.RandomizedDefenseWarning")
 def test_draws_remove_the_low_bias_of_the_worst_case() -> None:
     # Every attack leaves the coin-flip model at 0.7; with one draw the per-example minimum
     # over clean + 3 attacks is 0.7^4 = 0.24 in expectation; with 200 draws it is close to 0.7.
