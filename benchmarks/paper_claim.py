@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gametheory_defense.config import load_config
+from gametheory_defense.config import defender_names, load_config
 from gametheory_defense.pipeline import cell_seed, environment, run_pipeline
 from gametheory_defense.report import pct
 
@@ -36,11 +36,16 @@ def value_stderr(matrix, eq) -> float:
     The value equals (x A)_j for every column j in the attacker's support; its error is
     taken as the largest sqrt(sum_i x_i^2 se_ij^2) over those columns (cells independent).
     """
+    cols = [j for j, p in enumerate(eq.attacker_strategy) if p > 1e-9]
+    return strategy_stderr(matrix, eq.defender_strategy, cols)
+
+
+def strategy_stderr(matrix, x, cols) -> float:
+    """Largest standard error of ``(x A)_j`` over the columns ``cols`` (cells independent)."""
     if matrix.stderr is None:
         return float("nan")
-    x = np.asarray(eq.defender_strategy)
+    x = np.asarray(x, dtype=np.float64)
     se = np.asarray(matrix.stderr)
-    cols = [j for j, p in enumerate(eq.attacker_strategy) if p > 1e-9]
     return float(max(math.sqrt(float(np.sum((x**2) * se[:, j] ** 2))) for j in cols))
 
 
@@ -96,32 +101,39 @@ def eps_curve(result, config, device, eps_list, out: Path, progress: bool) -> di
     return curves
 
 
-def paired(result, config, device, names: list[str], n: int, out: Path, progress: bool) -> dict:
-    """Adaptive suite on the first ``n`` test images for ``names``; per-example worst cases kept.
-
-    The per-example worst case of a model is the minimum over clean and every attack of the
-    estimated probability of a correct answer; the paired difference of two models on the
-    same images has a much smaller error than the difference of two independent figures.
-    Cached in ``out/paired.json`` per model (resumable).
-    """
+def saved_model(result, name: str, device):
+    """A loader of the run's equilibrium mixture (``"mixture"``) or of one of its trained models."""
     from gametheory_defense.checkpoint import load_checkpoint
-    from gametheory_defense.data import load_dataset
     from gametheory_defense.ensemble import MixedStrategyModel
+
+    if name == "mixture":
+        return lambda: MixedStrategyModel.load(result.out / "ensemble", device=str(device))
+    return lambda: load_checkpoint(result.out / "models" / name, device=str(device)).model
+
+
+def paired(config, device, loaders: dict, n: int, cache: Path, progress: bool, keys: dict | None = None) -> dict:
+    """Adaptive suite on the first ``n`` test images for every model of ``loaders``; per-example worst cases kept.
+
+    ``loaders`` maps a name to a function returning the model. The per-example worst case
+    of a model is the minimum over clean and every attack of the estimated probability of a
+    correct answer; the paired difference of two models on the same images has a much
+    smaller error than the difference of two independent figures. Cached in ``cache`` per
+    model (resumable); an entry is reused when its ``n`` and its ``keys[name]`` (e.g. a
+    fixed mixture's weights) match.
+    """
+    from gametheory_defense.data import load_dataset
     from gametheory_defense.evaluation import evaluate, suite
 
-    cache = out / "paired.json"
+    keys = keys or {}
     done = json.loads(cache.read_text()) if cache.exists() else {}
     d = config.data
     test = load_dataset(d.dataset, "test", data_dir=d.data_dir)
     sub = test.subset(list(range(d.eval_offset, d.eval_offset + n)))
     ev = config.evaluation
-    for name in names:
-        if name in done and done[name]["n"] == n:
+    for name, load in loaders.items():
+        if name in done and done[name]["n"] == n and done[name].get("key") == keys.get(name):
             continue
-        if name == "mixture":
-            model = MixedStrategyModel.load(result.out / "ensemble", device=str(device))
-        else:
-            model = load_checkpoint(result.out / "models" / name, device=str(device)).model
+        model = load()
         t = time.perf_counter()
         rep = evaluate(
             model, (sub.images, sub.labels), suite(ev.suite, eps=ev.eps, norm=ev.norm, model=model),
@@ -133,6 +145,7 @@ def paired(result, config, device, names: list[str], n: int, out: Path, progress
             per_example = np.minimum(per_example, a.outcomes.mean(axis=0))
         done[name] = {
             "n": n,
+            **({"key": keys[name]} if name in keys else {}),
             "worst_case_accuracy": float(per_example.mean()),
             "worst_case_ci": [rep.worst_case_ci_low, rep.worst_case_ci_high],
             "attacks": {a.name: a.accuracy for a in rep.attacks},
@@ -140,7 +153,111 @@ def paired(result, config, device, names: list[str], n: int, out: Path, progress
             "seconds": time.perf_counter() - t,
         }
         cache.write_text(json.dumps(done))
-    return done
+    return {name: done[name] for name in loaders}
+
+
+def mixture_spec(text: str) -> tuple[str, dict[str, float] | None]:
+    """Parse ``--mixture``: ``NAME=ROW:WEIGHT,ROW:WEIGHT,...`` (weights renormalised) or ``multi-sap``.
+
+    ``multi-sap`` is the uniform mixture over the SAP rows of the most robust PGD-AT model
+    (by the adaptive suite), the source paper's multi-SAP without a game; it is resolved
+    once the run is done (``None`` weights here).
+    """
+    if text == "multi-sap":
+        return text, None
+    name, sep, body = text.partition("=")
+    name = name.strip()
+    if not sep or not name or not body.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=ROW:WEIGHT,ROW:WEIGHT,... or multi-sap, got {text!r}")
+    weights: dict[str, float] = {}
+    for part in body.split(","):
+        row, sep, w = part.strip().rpartition(":")
+        try:
+            weight = float(w)
+        except ValueError:
+            weight = float("nan")
+        if not sep or not row or not math.isfinite(weight) or weight <= 0:
+            raise argparse.ArgumentTypeError(f"mixture {name!r}: expected ROW:WEIGHT with a positive weight, got {part.strip()!r}")
+        if row in weights:
+            raise argparse.ArgumentTypeError(f"mixture {name!r}: row {row!r} given twice")
+        weights[row] = weight
+    total = sum(weights.values())
+    return name, {row: w / total for row, w in weights.items()}
+
+
+def check_mixture_specs(specs, rows: list[str], config) -> str | None:
+    """One line saying what is wrong with the ``--mixture`` specs for this game, or ``None``."""
+    names = [n for n, _ in specs]
+    for name, weights in specs:
+        if names.count(name) > 1:
+            return f"--mixture {name!r} given twice"
+        if name == "mixture" or name in rows:
+            return f"--mixture name {name!r} is taken (the equilibrium mixture or a defender); choose another"
+        if weights is None:
+            at = [m.name for m in config.models if m.method == "pgd-at"]
+            if not any(r.startswith(f"{a}+sap") for a in at for r in rows):
+                return "--mixture multi-sap needs SAP rows on a PGD-AT model; this configuration has none"
+            continue
+        unknown = [r for r in weights if r not in rows]
+        if unknown:
+            return f"--mixture {name!r}: unknown defender(s) {', '.join(unknown)}; the game's rows are {', '.join(rows)}"
+    return None
+
+
+def fixed_mixtures(self_res, config, device, specs, best_at: str, n: int, out: Path, progress: bool) -> dict:
+    """Fixed (not solved-for) mixtures of the game's defenders, next to the equilibrium and PGD-AT.
+
+    For every mixture: the paper protocol's figure, ``min_j (x A)_j`` over the configured
+    attackers (its expected accuracy against the best configured attack), and the adaptive
+    suite on the first ``n`` test images: with two or more members the suite includes
+    MixturePGD and ARC. The equilibrium mixture and ``best_at`` are evaluated on the same
+    images with the same suite, so the differences are paired. Cached in
+    ``out/mixtures.json`` (resumable).
+    """
+    from gametheory_defense.ensemble import MixedStrategyModel
+    from gametheory_defense.pipeline import defender_specs, load_defenders
+
+    m = self_res.matrix
+    specs_by_row = defender_specs(config, {mc.name: self_res.out / "models" / mc.name for mc in config.models})
+    resolved: dict[str, dict[str, float]] = {}
+    for name, weights in specs:
+        if weights is None:
+            rows = [r for r in m.defenders if r.startswith(f"{best_at}+sap")]
+            weights = {r: 1.0 / len(rows) for r in rows}
+        resolved[name] = weights
+
+    def mixture_loader(weights: dict[str, float]):
+        def load():
+            members = load_defenders({r: specs_by_row[r] for r in weights}, device)
+            return MixedStrategyModel(list(members.values()), list(weights.values()), names=list(members))
+        return load
+
+    loaders = {
+        **{name: mixture_loader(w) for name, w in resolved.items()},
+        "mixture": saved_model(self_res, "mixture", device),
+        best_at: saved_model(self_res, best_at, device),
+    }
+    keys = {name: w for name, w in resolved.items()}
+    evaluated = paired(config, device, loaders, n, out / "mixtures.json", progress, keys=keys)
+    se = np.asarray(m.stderr) if m.stderr is not None else None
+    results = {}
+    for name, rep in evaluated.items():
+        x = np.zeros(len(m.defenders))
+        weights = resolved.get(name) or ({} if name == "mixture" else {name: 1.0})
+        if name == "mixture":
+            x = np.asarray(self_res.equilibrium.defender_strategy, dtype=np.float64)
+        for r, w in weights.items():
+            x[m.defenders.index(r)] = w
+        payoffs = x @ np.asarray(m.values)
+        j = int(np.argmin(payoffs))
+        results[name] = {
+            "weights": {r: float(w) for r, w in zip(m.defenders, x) if w > 1e-9},
+            "paper_protocol": float(payoffs[j]),
+            "paper_protocol_attack": m.attackers[j],
+            "paper_protocol_stderr": strategy_stderr(m, x, [j]) if se is not None else float("nan"),
+            **rep,
+        }
+    return results
 
 
 def paired_difference(a: list[float], b: list[float]) -> tuple[float, float, float]:
@@ -188,6 +305,12 @@ def main() -> int:
     p.add_argument("--paired-size", type=int, default=0, metavar="N",
                    help="also run the adaptive suite on the first N test images for the mixture and the best "
                         "PGD-AT model and report their paired difference (outside the timed setting)")
+    p.add_argument("--mixture", type=mixture_spec, action="append", default=[], metavar="SPEC",
+                   help="also evaluate a fixed mixture of the game's defenders: NAME=ROW:WEIGHT,ROW:WEIGHT,... or "
+                        "multi-sap (uniform over the SAP rows of the most robust PGD-AT model); with 2+ members the "
+                        "adaptive suite includes MixturePGD and ARC (repeatable; outside the timed setting)")
+    p.add_argument("--mixture-size", type=int, default=0, metavar="N",
+                   help="test images for --mixture (default: the configuration's adaptive evaluation size)")
     p.add_argument("--compare", type=Path, default=None, metavar="RESULTS_JSON",
                    help="results.json of an earlier run: report the largest difference from it (reproducibility)")
     p.add_argument("--no-progress", action="store_true")
@@ -198,6 +321,11 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     config = load_config(args.config)
+    if args.mixture_size < 0:
+        p.error(f"--mixture-size must be >= 0, got {args.mixture_size}")
+    problem = check_mixture_specs(args.mixture, defender_names(config), config)
+    if problem is not None:
+        p.error(problem)
     args.out.mkdir(parents=True, exist_ok=True)
     walls: dict[str, float] = {}
 
@@ -238,8 +366,20 @@ def main() -> int:
         t = time.perf_counter()
         at_best = max((m.name for m in config.models if m.method == "pgd-at"),
                       key=lambda n: self_res.robustness[n]["worst_case_accuracy"])
-        paired_res = paired(self_res, data_config, args.device, ["mixture", at_best], args.paired_size, args.out, progress)
+        paired_res = paired(
+            data_config, args.device, {k: saved_model(self_res, k, args.device) for k in ("mixture", at_best)},
+            args.paired_size, args.out / "paired.json", progress,
+        )
         walls[f"paired comparison on {args.paired_size} images (not part of the setting's total)"] = time.perf_counter() - t
+
+    mixtures_res = None
+    if args.mixture:
+        t = time.perf_counter()
+        best_at_name = max((mc.name for mc in config.models if mc.method == "pgd-at"),
+                           key=lambda n: self_res.robustness[n]["worst_case_accuracy"])
+        n_mix = args.mixture_size or min(config.evaluation.size or config.data.eval_size, config.data.eval_size)
+        mixtures_res = fixed_mixtures(self_res, data_config, args.device, args.mixture, best_at_name, n_mix, args.out, progress)
+        walls[f"fixed mixtures on {n_mix} images (not part of the setting's total)"] = time.perf_counter() - t
 
     # ----------------------------------------------------------------- the table
     m, eq, rob = self_res.matrix, self_res.equilibrium, self_res.robustness
@@ -324,6 +464,29 @@ def main() -> int:
             f"Paired difference {mname} - {aname}: {100 * mean:+.2f} points, 95% CI [{100 * lo:+.2f}, {100 * hi:+.2f}] "
             "(normal interval on the per-example differences).",
         ]
+    if mixtures_res is not None:
+        names = list(mixtures_res)
+        ref_names = names[-2:]  # the equilibrium mixture and the best PGD-AT model
+        n_mix = mixtures_res[names[0]]["n"]
+        lines += [
+            "",
+            f"## Fixed mixtures (adaptive suite on the first {n_mix} test images, eps {config.evaluation.eps:g})",
+            "",
+            "| model | weights | paper protocol: worst configured attack | adaptive worst case | 95% CI | attacks |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for k, v in mixtures_res.items():
+            weights = ", ".join(f"{r} {w:.3f}" for r, w in v["weights"].items())
+            lines.append(
+                f"| {k} | {weights} | {pct(v['paper_protocol'])} ({v['paper_protocol_attack']}) {ci(v['paper_protocol'], v['paper_protocol_stderr'])} "
+                f"| {pct(v['worst_case_accuracy'])} | {ci_pair(v['worst_case_ci'])} | "
+                + ", ".join(f"{a} {pct(x)}" for a, x in v["attacks"].items()) + " |"
+            )
+        lines.append("")
+        for k in names[:-2]:
+            for ref in ref_names:
+                mean, lo, hi = paired_difference(mixtures_res[k]["per_example"], mixtures_res[ref]["per_example"])
+                lines.append(f"- Paired difference {k} - {ref}: {100 * mean:+.2f} points, 95% CI [{100 * lo:+.2f}, {100 * hi:+.2f}].")
     env = environment()
     lines += [
         "",
@@ -345,6 +508,7 @@ def main() -> int:
         "rows": [{"model": a, "protocol": b, "accuracy": c, "ci": d} for a, b, c, d in rows],
         "eps_curve": curves, "wall_seconds": walls, "environment": env,
         "paired": None if paired_res is None else {k: {kk: vv for kk, vv in v.items() if kk != "per_example"} for k, v in paired_res.items()},
+        "mixtures": None if mixtures_res is None else {k: {kk: vv for kk, vv in v.items() if kk != "per_example"} for k, v in mixtures_res.items()},
     }, indent=2))
     print("\n".join(lines))
     if args.compare is not None:

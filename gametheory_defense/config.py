@@ -365,10 +365,13 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
     _check_positive(do.tol, "double_oracle.tol", allow_zero=True)
     if do.attack not in ATTACKS:
         raise ConfigError(f"double_oracle.attack: unknown attack {do.attack!r} (choose from {', '.join(ATTACKS)})")
-    try:
-        build_attack(do.attack, **do.params)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"double_oracle ({do.attack}): {exc}") from None
+    if do.enabled or do.params:
+        # A disabled loop with no settings (the default when the section is left out) has no
+        # attack to build; settings that are given are checked even when it is disabled.
+        try:
+            build_attack(do.attack, **do.params)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"double_oracle ({do.attack}): {exc}") from None
 
     config = RunConfig(
         name=name,

@@ -40,7 +40,7 @@ from gametheory_defense.config import RunConfig, defender_names
 from gametheory_defense.errors import CheckpointError, ConfigError
 from payoff.builder import cell_seed
 
-__all__ = ["RunResult", "run_pipeline", "resolve_device"]
+__all__ = ["RunResult", "run_pipeline", "resolve_device", "defender_specs", "load_defenders"]
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +160,25 @@ def _train_models(
     return paths
 
 
-def _defender_specs(config: RunConfig, model_paths: Mapping[str, Path]) -> dict[str, Any]:
+def defender_specs(config: RunConfig, model_paths: Mapping[str, Path]) -> dict[str, Any]:
+    """The game's defenders (rows) of ``config``: each base model and SAP at every configured rate.
+
+    Parameters
+    ----------
+    config : RunConfig
+    model_paths : Mapping[str, Path]
+        Checkpoint of every base model by name (``OUT/models/NAME`` in a pipeline run).
+
+    Returns
+    -------
+    dict[str, DefenderSpec]
+        In the game's row order (:func:`~gametheory_defense.config.defender_names`).
+    """
     from payoff.builder import DefenderSpec
+
+    missing = [m.name for m in config.models if m.name not in model_paths]
+    if missing:
+        raise ConfigError(f"no checkpoint given for the model(s) {', '.join(missing)}")
 
     specs: dict[str, Any] = {}
     sap_models = config.defenders.sap_models
@@ -177,7 +194,8 @@ def _defender_specs(config: RunConfig, model_paths: Mapping[str, Path]) -> dict[
     return specs
 
 
-def _load_defenders(specs: Mapping[str, Any], device: torch.device) -> dict[str, torch.nn.Module]:
+def load_defenders(specs: Mapping[str, Any], device: str | torch.device) -> dict[str, torch.nn.Module]:
+    """Load every ``DefenderSpec`` of ``specs`` (SAP applied as the spec says) onto ``device``."""
     from gametheory_defense.checkpoint import load_checkpoint
 
     return {name: load_checkpoint(s.checkpoint, device=device, sap=s.sap).model for name, s in specs.items()}
@@ -444,7 +462,7 @@ def run_pipeline(
 
     # 2. payoff matrix
     t = time.perf_counter()
-    specs = _defender_specs(config, model_paths)
+    specs = defender_specs(config, model_paths)
     from gametheory_defense.attacks import build_attack
 
     attackers = {a.name: build_attack(a.attack, **a.params) for a in config.attackers}
@@ -481,7 +499,7 @@ def run_pipeline(
     fig = plot_payoff(matrix, eq)
     fig.savefig(out / "payoff.png", dpi=120, bbox_inches="tight")
     _close(fig)
-    defenders = _load_defenders(specs, dev)
+    defenders = load_defenders(specs, dev)
     ensemble = MixedStrategyModel.from_equilibrium(eq, defenders)
     ensemble.save(out / "ensemble", overwrite=True)
     seconds["solve"] = time.perf_counter() - t

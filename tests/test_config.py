@@ -70,6 +70,8 @@ def test_packaged_demo_config_is_the_example():
         (lambda r: r["game"].update(formulation="transfer", sources=["pgd-at", "pgd-at"]), "game.sources"),
         (lambda r: r["double_oracle"].update(max_iterations=0), "double_oracle.max_iterations"),
         (lambda r: r["double_oracle"].update(attack="nope"), "double_oracle.attack"),
+        (lambda r: r["double_oracle"].update(enabled=False, steps=0), "double_oracle (mixture-pgd)"),
+        (lambda r: r["double_oracle"].pop("eps"), "needs argument 'eps'"),
         (lambda r: r.pop("attackers"), "attackers"),
         (lambda r: r.pop("models"), "models"),
     ],
@@ -82,6 +84,15 @@ def test_bad_config_names_the_key(mutate, needle):
     message = str(info.value)
     assert needle in message
     assert "\n" not in message
+
+
+def test_double_oracle_section_is_optional():
+    raw = raw_digits()
+    raw.pop("double_oracle")
+    cfg = parse_config(raw)
+    assert cfg.double_oracle.enabled is False and cfg.double_oracle.params == {}
+    raw["double_oracle"] = {"enabled": False}  # switched off with no attack settings: nothing to check
+    assert parse_config(raw).double_oracle.enabled is False
 
 
 def test_transfer_sources_and_draws_parse():
