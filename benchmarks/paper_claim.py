@@ -239,22 +239,21 @@ def fixed_mixtures(self_res, config, device, specs, best_at: str, n: int, out: P
     }
     keys = {name: w for name, w in resolved.items()}
     evaluated = paired(config, device, loaders, n, out / "mixtures.json", progress, keys=keys)
-    se = np.asarray(m.stderr) if m.stderr is not None else None
     results = {}
     for name, rep in evaluated.items():
-        x = np.zeros(len(m.defenders))
-        weights = resolved.get(name) or ({} if name == "mixture" else {name: 1.0})
         if name == "mixture":
             x = np.asarray(self_res.equilibrium.defender_strategy, dtype=np.float64)
-        for r, w in weights.items():
-            x[m.defenders.index(r)] = w
+        else:
+            x = np.zeros(len(m.defenders))
+            for r, w in resolved.get(name, {name: 1.0}).items():
+                x[m.defenders.index(r)] = w
         payoffs = x @ np.asarray(m.values)
         j = int(np.argmin(payoffs))
         results[name] = {
             "weights": {r: float(w) for r, w in zip(m.defenders, x) if w > 1e-9},
             "paper_protocol": float(payoffs[j]),
             "paper_protocol_attack": m.attackers[j],
-            "paper_protocol_stderr": strategy_stderr(m, x, [j]) if se is not None else float("nan"),
+            "paper_protocol_stderr": strategy_stderr(m, x, [j]),
             **rep,
         }
     return results
