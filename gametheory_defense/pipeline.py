@@ -570,8 +570,26 @@ def _do_summary(result: Any) -> dict[str, Any]:
     }
 
 
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict[str, str]:
-    """Library and machine versions recorded in reports."""
+    """Library and machine versions recorded in reports.
+
+    ``torch_cpu_capability`` is the vector instruction set torch's CPU kernels use (AVX2,
+    AVX512, ...): gradients, hence trained weights and attacks, differ in their last bits
+    between them, so bit-for-bit reproduction needs the same one (docs/results.md).
+    """
+    cap = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
     return {
         "gametheory-defense": __version__,
         "torch": torch.__version__,
@@ -579,6 +597,8 @@ def environment() -> dict[str, str]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
+        "torch_cpu_capability": cap() if cap is not None else "unknown",
         "cpu_count": str(os.cpu_count()),
     }
 

@@ -152,3 +152,14 @@ def test_tiny_run_with_fixed_mixture(tmp_path):
     assert proc2.returncode == 0, proc2.stderr[-3000:]
     assert json.loads((out / "mixtures.json").read_text()) == cached
     assert json.loads((out / "results.json").read_text())["mixtures"] == mixtures
+
+
+def test_environment_records_the_cpu_kernels():
+    # gradients differ between torch's AVX2 and AVX-512 kernels, so reports must say which ran
+    import torch
+
+    from gametheory_defense.pipeline import environment
+
+    env = environment()
+    assert env["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert env["cpu"] and env["torch"] == torch.__version__
