@@ -47,7 +47,7 @@ def execute(config_path: Path, args: argparse.Namespace, command: list[str]) -> 
     eq = result.equilibrium
     print(f"game value (configured attackers): {pct(eq.value)}   exploitability {eq.exploitability:.1e}")
     for name, p in zip(eq.defenders, eq.defender_strategy):
-        if p > 0:
+        if p > 1e-6:  # the support, as the ensemble keeps it (LP round-off left out)
             print(f"  {p:7.4f}  {name}")
     if result.robustness is not None:
         r = result.robustness
