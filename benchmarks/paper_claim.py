@@ -131,6 +131,7 @@ def paired(config, device, loaders: dict, n: int, cache: Path, progress: bool, k
     test = load_dataset(d.dataset, "test", data_dir=d.data_dir)
     sub = test.subset(list(range(d.eval_offset, d.eval_offset + n)))
     ev = config.evaluation
+
     def run(model, name, attacks, **kw):
         return evaluate(
             model, (sub.images, sub.labels), attacks,
