@@ -48,6 +48,7 @@ from gametheory_defense.attacks import (
     Attack,
     ProbabilityOutputWarning,
     RandomizedDefenseWarning,
+    TransferPGD,
     build_attack,
 )
 from gametheory_defense.attacks.mixture import MixtureAwareMixin, is_mixture, mixture_components
@@ -60,6 +61,8 @@ __all__ = [
     "SanityCheckWarning",
     "SuiteEntry",
     "ADAPTIVE_SUITE",
+    "AUTOATTACK_SUITE",
+    "AUTOATTACK_RAND_SUITE",
     "QUICK_SUITE",
     "SUITES",
     "suite",
@@ -108,7 +111,29 @@ class SuiteEntry:
     eot_samples: int = 1
 
 
-#: The adaptive suite: what ``evaluate(..., attacks="adaptive")`` runs.
+#: AutoAttack's standard version (Croce & Hein, 2020) for deterministic models, with its
+#: budgets: APGD-CE (100 steps), APGD-T (9 targets x 100 steps), Square (5000 queries,
+#: p_init 0.8). FAB-T is left out (see ``docs/evaluation.md``: it broke no image the others
+#: left robust in ``benchmarks/autoattack_parity.py``). On a randomized model it runs as
+#: is, without EOT (the sanity checks warn): use ``autoattack-rand`` there.
+AUTOATTACK_SUITE: dict[str, SuiteEntry] = {
+    "apgd-ce": SuiteEntry("apgd-ce", {"steps": 100}),
+    "apgd-t": SuiteEntry("apgd-t", {"steps": 100, "targets": 9}),
+    "square": SuiteEntry("square", {"steps": 5000, "p_init": 0.8}),
+}
+
+#: AutoAttack's ``rand`` version for randomized defenses: APGD-CE and APGD-DLR with 20 EOT
+#: samples per gradient (deterministic models get 1).
+AUTOATTACK_RAND_SUITE: dict[str, SuiteEntry] = {
+    "apgd-ce": SuiteEntry("apgd-ce", {"steps": 100}, eot_samples=20),
+    "apgd-dlr": SuiteEntry("apgd-dlr", {"steps": 100}, eot_samples=20),
+}
+
+#: The adaptive suite: what ``evaluate(..., attacks="adaptive")`` runs. For a deterministic
+#: model it contains ``autoattack`` (same attacks and budgets) plus PGD with the CE and CW
+#: losses and APGD-DLR; for a randomized model ``autoattack-rand`` plus EOT-PGD, Square
+#: on the expected prediction and PGD transferred from the deterministic base model; for a
+#: mixture also MixturePGD, ARC and a transfer from each member's deterministic base.
 ADAPTIVE_SUITE: dict[str, SuiteEntry] = {
     "pgd-ce": SuiteEntry("pgd", {"steps": 100, "loss": "ce"}, "deterministic"),
     "pgd-cw": SuiteEntry("pgd", {"steps": 100, "loss": "cw"}, "deterministic"),
@@ -118,6 +143,10 @@ ADAPTIVE_SUITE: dict[str, SuiteEntry] = {
     "arc": SuiteEntry("arc", {"steps": 20}, "mixture", eot_samples=20),
     "apgd-ce": SuiteEntry("apgd-ce", {"steps": 100}, "all", eot_samples=20),
     "apgd-dlr": SuiteEntry("apgd-dlr", {"steps": 100}, "all", eot_samples=20),
+    "apgd-t": SuiteEntry("apgd-t", {"steps": 100, "targets": 9}, "deterministic"),
+    "square": SuiteEntry("square", {"steps": 5000, "p_init": 0.8}, "deterministic"),
+    "square-eot": SuiteEntry("square", {"steps": 1000, "p_init": 0.8}, "randomized", eot_samples=10),
+    "transfer-pgd": SuiteEntry("transfer-pgd", {"steps": 100, "loss": "ce"}, "randomized"),
 }
 
 #: A scaled-down version of :data:`ADAPTIVE_SUITE` for tests and demos (not for claims).
@@ -129,10 +158,19 @@ QUICK_SUITE: dict[str, SuiteEntry] = {
     "arc": SuiteEntry("arc", {"steps": 5}, "mixture", eot_samples=5),
     "apgd-ce": SuiteEntry("apgd-ce", {"steps": 20}, "all", eot_samples=5),
     "apgd-dlr": SuiteEntry("apgd-dlr", {"steps": 20}, "all", eot_samples=5),
+    "apgd-t": SuiteEntry("apgd-t", {"steps": 20, "targets": 3}, "deterministic"),
+    "square": SuiteEntry("square", {"steps": 300, "p_init": 0.8}, "deterministic"),
+    "square-eot": SuiteEntry("square", {"steps": 100, "p_init": 0.8}, "randomized", eot_samples=5),
+    "transfer-pgd": SuiteEntry("transfer-pgd", {"steps": 20, "loss": "ce"}, "randomized"),
 }
 
 #: Suites by name.
-SUITES: dict[str, dict[str, SuiteEntry]] = {"adaptive": ADAPTIVE_SUITE, "quick": QUICK_SUITE}
+SUITES: dict[str, dict[str, SuiteEntry]] = {
+    "adaptive": ADAPTIVE_SUITE,
+    "autoattack": AUTOATTACK_SUITE,
+    "autoattack-rand": AUTOATTACK_RAND_SUITE,
+    "quick": QUICK_SUITE,
+}
 
 
 def _model_kind(model: nn.Module | None) -> str:
@@ -154,16 +192,17 @@ def suite(name: str, *, eps: float, norm: str = "linf", model: nn.Module | None 
 
     Parameters
     ----------
-    name : {"adaptive", "quick"}
-        Suite (see :data:`ADAPTIVE_SUITE`, :data:`QUICK_SUITE` and ``docs/evaluation.md``).
+    name : {"adaptive", "autoattack", "autoattack-rand", "quick"}
+        Suite (see :data:`ADAPTIVE_SUITE`, :data:`AUTOATTACK_SUITE`,
+        :data:`AUTOATTACK_RAND_SUITE`, :data:`QUICK_SUITE` and ``docs/evaluation.md``).
     eps : float
         Radius of the threat model in input units.
     norm : {"linf", "l2"}
         Threat model.
     model : nn.Module, optional
         The model to be attacked: a mixed strategy gets the EOT, mixture-aware and ARC
-        attacks, a randomized model (SAP) the EOT ones, a deterministic model PGD with the
-        CE and CW losses and APGD. A mixture with a single member in its support is
+        attacks, a randomized model (SAP) the EOT ones and transfers from its deterministic
+        base, a deterministic model PGD with the CE and CW losses, APGD, APGD-T and Square. A mixture with a single member in its support is
         treated as that member. ``None`` means a deterministic model.
 
     Returns
@@ -188,6 +227,11 @@ def suite(name: str, *, eps: float, norm: str = "linf", model: nn.Module | None 
             continue
         kwargs = dict(entry.settings)
         kwargs["eot_samples"] = entry.eot_samples if randomized else 1
+        if entry.attack == "transfer-pgd" and kind == "mixture":
+            # one transfer per member of the support, each from its deterministic base
+            for c in mixture_components(model):  # type: ignore[arg-type]
+                out[f"{key}-{c.name}"] = build_attack(entry.attack, eps=eps, norm=norm, member=c.index, **kwargs)
+            continue
         out[key] = build_attack(entry.attack, eps=eps, norm=norm, **kwargs)
     return out
 
@@ -610,8 +654,8 @@ def _forward_differs(model: nn.Module, x: torch.Tensor, seed: int) -> bool:
 
 def _handles_randomness(attack: Attack, model: nn.Module) -> bool:
     """Whether ``attack`` accounts for the model's randomness (EOT, or exact over a mixture)."""
-    if getattr(attack, "eot_samples", 1) > 1:
-        return True
+    if getattr(attack, "eot_samples", 1) > 1 or isinstance(attack, TransferPGD):
+        return True  # a transfer ignores the randomness on purpose
     if isinstance(attack, MixtureAwareMixin) and is_mixture(model):
         return not any(is_stochastic(c.module) for c in mixture_components(model))
     return False

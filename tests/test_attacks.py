@@ -48,6 +48,9 @@ SMALL_SETTINGS: dict[str, dict[str, Any]] = {
     "arc": {"steps": 2, "eot_samples": 2},
     "apgd-ce": {"steps": 5, "eot_samples": 2},
     "apgd-dlr": {"steps": 5, "eot_samples": 2},
+    "apgd-t": {"steps": 4, "eot_samples": 2, "targets": 2},
+    "square": {"steps": 30, "eot_samples": 2, "restarts": 2},
+    "transfer-pgd": {"steps": 4, "restarts": 2},
 }
 EPS = {"linf": 0.1, "l2": 0.5}
 SHAPE = (1, 4, 4)

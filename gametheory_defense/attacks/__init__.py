@@ -19,6 +19,7 @@ from gametheory_defense.attacks.base import (
     RandomizedDefenseWarning,
     build_attack,
     eot_gradient,
+    expected_output,
     gradient_step,
     linf_bounds,
     preserve_model_state,
@@ -26,14 +27,24 @@ from gametheory_defense.attacks.base import (
     random_start,
     register_attack,
 )
-from gametheory_defense.attacks.losses import DEFAULT_KAPPA, LOSSES, ce_loss, cw_loss, dlr_loss, get_loss
+from gametheory_defense.attacks.losses import (
+    DEFAULT_KAPPA,
+    LOSSES,
+    ce_loss,
+    cw_loss,
+    dlr_loss,
+    dlr_targeted_loss,
+    get_loss,
+)
 
 # attack modules (each registers its classes on import)
 from gametheory_defense.attacks.fgsm import FGSM
 from gametheory_defense.attacks.pgd import EOTPGD, PGD
 from gametheory_defense.attacks.mixture import MixturePGD
 from gametheory_defense.attacks.arc import ARC
-from gametheory_defense.attacks.apgd import APGD, APGDCE, APGDDLR
+from gametheory_defense.attacks.apgd import APGD, APGDCE, APGDDLR, APGDT
+from gametheory_defense.attacks.square import Square
+from gametheory_defense.attacks.transfer import TransferPGD
 
 __all__ = [
     "Attack",
@@ -48,10 +59,14 @@ __all__ = [
     "APGD",
     "APGDCE",
     "APGDDLR",
+    "APGDT",
+    "Square",
+    "TransferPGD",
     "RandomizedDefenseWarning",
     "ProbabilityOutputWarning",
     "EOTGradient",
     "eot_gradient",
+    "expected_output",
     "preserve_model_state",
     "random_start",
     "gradient_step",
@@ -63,5 +78,6 @@ __all__ = [
     "ce_loss",
     "cw_loss",
     "dlr_loss",
+    "dlr_targeted_loss",
     "get_loss",
 ]

@@ -27,15 +27,16 @@ from torch import nn
 from gametheory_defense.attacks.base import (
     Attack,
     eot_gradient,
+    expected_output,
     linf_bounds,
     project,
     random_start,
     register_attack,
 )
-from gametheory_defense.attacks.losses import DEFAULT_KAPPA
+from gametheory_defense.attacks.losses import DEFAULT_KAPPA, LossFn, cw_loss, dlr_targeted_loss
 from gametheory_defense.errors import AttackError
 
-__all__ = ["APGD", "APGDCE", "APGDDLR", "apgd_checkpoints"]
+__all__ = ["APGD", "APGDCE", "APGDDLR", "APGDT", "apgd_checkpoints", "top_targets"]
 
 
 def apgd_checkpoints(steps: int) -> tuple[int, ...]:
@@ -152,7 +153,24 @@ class APGD(Attack):
     def _perturb(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator | None
     ) -> torch.Tensor:
-        """One run of Algorithm 1 of Croce & Hein (2020)."""
+        """One run of Algorithm 1 of Croce & Hein (2020) on the attack's own loss."""
+        return self._apgd(model, x, y, y, self._loss_fn, generator=generator)
+
+    def _apgd(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        labels: torch.Tensor,
+        loss_fn: LossFn,
+        *,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Algorithm 1 maximising ``loss_fn(logits, labels)``; ``y`` (the true labels) decides "fooled".
+
+        ``labels`` is ``y`` for an untargeted loss, or ``(N, 2)`` rows ``[y, target]`` for
+        the targeted DLR loss of :class:`APGDT`.
+        """
         n = x.shape[0]
         bounds = linf_bounds(x, self.eps) if self.norm == "linf" else None
 
@@ -160,7 +178,7 @@ class APGD(Attack):
             return project(v, x, eps=self.eps, norm=self.norm, bounds=bounds)
 
         def evaluate(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            g = eot_gradient(model, v, y, self._loss_fn, eot_samples=self.eot_samples, max_batch=self.max_batch)
+            g = eot_gradient(model, v, labels, loss_fn, eot_samples=self.eot_samples, max_batch=self.max_batch)
             return g.grad, g.loss, g.logits.argmax(dim=1) != y
 
         x_cur = random_start(x, eps=self.eps, norm=self.norm, generator=generator) if self.random_start else x.clone()
@@ -277,3 +295,105 @@ class APGDDLR(APGD):
             eot_samples=eot_samples, alpha=alpha, rho=rho, kappa=kappa, max_batch=max_batch,
         )
 
+
+
+def top_targets(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` classes other than ``y`` with the highest logits, most likely first.
+
+    Shape
+    -----
+    - logits: ``(N, K)``; y: ``(N,)``; output: ``(N, min(k, K - 1))`` int64.
+    """
+    others = logits.detach().scatter(1, y.unsqueeze(1), float("-inf"))
+    return others.topk(min(k, logits.shape[1] - 1), dim=1).indices
+
+
+@register_attack("apgd-t")
+class APGDT(APGD):
+    """Targeted APGD on the DLR loss over the top-k classes (Croce & Hein, 2020, "Reliable evaluation of adversarial robustness ...").
+
+    For each of the ``targets`` classes with the highest logits at ``x`` (other than the
+    true class; the (EOT-averaged) logits of the clean input), one run of APGD
+    (Algorithm 1) maximises the targeted DLR loss ``-(z_y - z_t) / (z_(1) - (z_(3) +
+    z_(4)) / 2)`` (:func:`~gametheory_defense.attacks.losses.dlr_targeted_loss`), the
+    version in AutoAttack's standard suite (9 targets, 100 steps, 1 restart each). Per
+    example the result of the target that does most damage is kept: the largest margin
+    ``max_{j != y} z_j - z_y`` of the (EOT-averaged) logits, so a deterministic model's
+    misclassified point always wins. On a deterministic model (``eot_samples == 1``) a
+    target is run only on the examples that no earlier target has fooled (as
+    AutoAttack does: it changes the cost, not the result's accuracy). Needs at least 3
+    classes.
+
+    Parameters
+    ----------
+    eps, step_size, steps, norm, random_start, restarts, eot_samples, alpha, rho, max_batch
+        As for :class:`APGD` (``restarts`` repeats the whole loop over targets).
+    loss : {"dlr-t"}
+        The targeted DLR loss (the only choice).
+    targets : int
+        Number of target classes ``k`` (default 9; capped at ``K - 1``).
+    kappa : float
+        Unused by the targeted loss; kept for the shared vocabulary.
+    """
+
+    loss_choices = ("dlr-t",)
+
+    def __init__(
+        self,
+        eps: float,
+        step_size: float | None = None,
+        steps: int = 100,
+        *,
+        norm: str = "linf",
+        loss: str = "dlr-t",
+        random_start: bool = True,
+        restarts: int = 1,
+        eot_samples: int = 1,
+        targets: int = 9,
+        alpha: float = 0.75,
+        rho: float = 0.75,
+        kappa: float = DEFAULT_KAPPA,
+        max_batch: int | None = None,
+    ) -> None:
+        super().__init__(
+            eps, step_size, steps, norm=norm, loss=loss, random_start=random_start, restarts=restarts,
+            eot_samples=eot_samples, alpha=alpha, rho=rho, kappa=kappa, max_batch=max_batch,
+        )
+        if isinstance(targets, bool) or not isinstance(targets, int) or targets < 1:
+            raise AttackError(f"targets must be an integer >= 1, got {targets!r}")
+        self.targets = targets
+
+    def _margin(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``max_{j != y} z_j - z_y`` of the logits averaged over ``eot_samples`` draws, ``(N,)``."""
+        out = expected_output(model, x, draws=self.eot_samples, max_batch=self.max_batch)
+        return cw_loss(out, y, kappa=float("inf"))
+
+    def _perturb(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """One run of APGD per target class; per example the largest final margin wins."""
+        clean = expected_output(model, x, draws=self.eot_samples, max_batch=self.max_batch)
+        if clean.shape[1] < 3:
+            raise AttackError(f"APGD-T needs at least 3 classes, got {clean.shape[1]}")
+        order = top_targets(clean, y, self.targets)
+        best = x.clone()
+        best_margin = torch.full((x.shape[0],), float("-inf"), device=x.device, dtype=x.dtype)
+        for j in range(order.shape[1]):
+            # deterministic model: skip what an earlier target already fooled
+            todo = (best_margin <= 0) if self.eot_samples == 1 else torch.ones_like(best_margin, dtype=torch.bool)
+            idx = todo.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            xs, ys = x[idx], y[idx]
+            labels = torch.stack([ys, order[idx, j]], dim=1)
+            cand = self._apgd(model, xs, ys, labels, self._loss_fn, generator=generator)
+            margin = self._margin(model, cand, ys)
+            better = margin > best_margin[idx]
+            best[idx[better]] = cand[better]
+            best_margin[idx[better]] = margin[better]
+        return best
+
+    def _score(self, model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(fooled, margin)`` per example from one forward pass (restarts compare margins across targets)."""
+        margin = self._margin(model, x_adv, y)
+        return margin > 0, margin

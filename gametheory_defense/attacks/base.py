@@ -52,6 +52,7 @@ __all__ = [
     "ProbabilityOutputWarning",
     "EOTGradient",
     "eot_gradient",
+    "expected_output",
     "preserve_model_state",
     "random_start",
     "gradient_step",
@@ -229,7 +230,7 @@ def eot_gradient(
     x : torch.Tensor
         ``(N, ...)`` point at which to take the gradient (not modified).
     y : torch.Tensor
-        ``(N,)`` int64 labels.
+        ``(N,)`` int64 labels (or ``(N, 2)`` ``[label, target]`` rows for a targeted loss).
     loss_fn : callable
         Per-example loss ``(logits, y) -> (M,)`` (see :mod:`.losses`).
     eot_samples : int
@@ -275,7 +276,7 @@ def _eot_chunk(
         inp, target = leaf, y
     else:
         inp = leaf.unsqueeze(0).expand(copies, *leaf.shape).reshape(copies * n, *leaf.shape[1:])
-        target = y.repeat(copies)
+        target = y.repeat(copies, *([1] * (y.dim() - 1)))  # (N,) labels or (N, 2) [y, target] rows
     out = model(inp)
     loss = loss_fn(out, target)
     (grad,) = torch.autograd.grad(loss.sum(), leaf)
@@ -290,6 +291,39 @@ def _eot_chunk(
         out = out / total
         loss = loss / total
     return EOTGradient(grad=grad, loss=loss, logits=out)
+
+
+def expected_output(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    draws: int = 1,
+    probabilities: bool = False,
+    max_batch: int | None = None,
+) -> torch.Tensor:
+    """The model's output at ``x`` averaged over ``draws`` stochastic forward passes, no gradient.
+
+    With ``probabilities=True`` the softmax of each draw is averaged (the expected
+    prediction of a randomized model), else the logits. Rows go through the model in
+    chunks of at most ``max_batch``.
+
+    Shape
+    -----
+    - x: ``(N, ...)``; output: ``(N, K)``.
+    """
+    step = x.shape[0] if max_batch is None else max(1, int(max_batch))
+    parts = []
+    with torch.no_grad():
+        for a in range(0, x.shape[0], step):
+            xb = x[a : a + step]
+            total = None
+            for _ in range(int(draws)):
+                out = model(xb)
+                out = out.softmax(dim=1) if probabilities else out
+                total = out if total is None else total.add_(out)
+            assert total is not None
+            parts.append(total.div_(int(draws)) if draws > 1 else total)
+    return torch.cat(parts)
 
 
 def _per_example(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from gametheory_defense.errors import AttackError
 
-__all__ = ["LossFn", "LOSSES", "DEFAULT_KAPPA", "ce_loss", "cw_loss", "dlr_loss", "get_loss"]
+__all__ = ["LossFn", "LOSSES", "DEFAULT_KAPPA", "ce_loss", "cw_loss", "dlr_loss", "dlr_targeted_loss", "get_loss"]
 
 #: A per-example loss: ``loss(logits (N, K), y (N,)) -> (N,)``.
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -99,8 +99,38 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (z_other - z_y) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
-#: Registry of per-example losses by name; ``cw`` takes the keyword ``kappa``.
-LOSSES: dict[str, Callable[..., torch.Tensor]] = {"ce": ce_loss, "cw": cw_loss, "dlr": dlr_loss}
+def dlr_targeted_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Targeted difference-of-logits-ratio loss (Croce & Hein, 2020, "Reliable evaluation ...", eq. 7).
+
+    ``-(z_y - z_t) / (z_(1) - (z_(3) + z_(4)) / 2 + 1e-12)`` for true class ``y`` and
+    target ``t``: maximising it pushes ``z_t`` above ``z_y``. Invariant to shifting and
+    scaling the logits. With exactly 3 classes the scale is ``z_(1) - z_(3)``.
+
+    Shape
+    -----
+    - logits: ``(N, K)`` with ``K >= 3``; labels: ``(N, 2)`` int64 rows ``[y, t]``.
+    - Output: ``(N,)``.
+    """
+    k = logits.shape[1]
+    if k < 3:
+        raise AttackError(f"the targeted DLR loss needs at least 3 classes, got {k}")
+    if labels.dim() != 2 or labels.shape[1] != 2:
+        raise AttackError(f"the targeted DLR loss takes (N, 2) label rows [y, target], got shape {tuple(labels.shape)}")
+    z_y = logits.gather(1, labels[:, :1]).squeeze(1)
+    z_t = logits.gather(1, labels[:, 1:]).squeeze(1)
+    top = logits.topk(min(k, 4), dim=1).values
+    low = top[:, 2] if k == 3 else 0.5 * (top[:, 2] + top[:, 3])
+    return (z_t - z_y) / (top[:, 0] - low + 1e-12)
+
+
+#: Registry of per-example losses by name; ``cw`` takes the keyword ``kappa``; ``dlr-t``
+#: takes ``(N, 2)`` label rows ``[y, target]``.
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "ce": ce_loss,
+    "cw": cw_loss,
+    "dlr": dlr_loss,
+    "dlr-t": dlr_targeted_loss,
+}
 
 
 def get_loss(name: str, *, kappa: float = DEFAULT_KAPPA) -> LossFn:
