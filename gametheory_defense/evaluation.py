@@ -227,10 +227,12 @@ def suite(name: str, *, eps: float, norm: str = "linf", model: nn.Module | None 
             continue
         kwargs = dict(entry.settings)
         kwargs["eot_samples"] = entry.eot_samples if randomized else 1
-        if entry.attack == "transfer-pgd" and kind == "mixture":
+        if entry.attack == "transfer-pgd" and model is not None and is_mixture(model):
             # one transfer per member of the support, each from its deterministic base
-            for c in mixture_components(model):  # type: ignore[arg-type]
-                out[f"{key}-{c.name}"] = build_attack(entry.attack, eps=eps, norm=norm, member=c.index, **kwargs)
+            comps = mixture_components(model)
+            for c in comps:
+                name_c = key if len(comps) == 1 else f"{key}-{c.name}"
+                out[name_c] = build_attack(entry.attack, eps=eps, norm=norm, member=c.index, **kwargs)
             continue
         out[key] = build_attack(entry.attack, eps=eps, norm=norm, **kwargs)
     return out

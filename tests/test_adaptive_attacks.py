@@ -19,9 +19,13 @@ from gametheory_defense.attacks import (
     RandomizedDefenseWarning,
     build_attack,
 )
-from gametheory_defense.attacks.apgd import APGDCE, APGDDLR, apgd_checkpoints
+from gametheory_defense.attacks.apgd import APGDCE, APGDDLR, apgd_checkpoints, top_targets
+from gametheory_defense.attacks.square import Square, pseudo_gaussian_pattern, square_fraction
+from gametheory_defense.attacks.transfer import TransferPGD
+from gametheory_defense.errors import AttackError
+from gametheory_defense.stochastic import use_generator
 from gametheory_defense.attacks.arc import ARC, arc_step_size, linearize, nearest_boundary
-from gametheory_defense.attacks.losses import ce_loss
+from gametheory_defense.attacks.losses import ce_loss, cw_loss, dlr_targeted_loss
 from gametheory_defense.attacks.mixture import (
     MixturePGD,
     expected_accuracy,
@@ -321,3 +325,103 @@ def test_registry_and_configs() -> None:
     apgd = build_attack("apgd-ce", eps=0.1)
     assert apgd.step_size == pytest.approx(0.2) and apgd.config()["alpha"] == 0.75 and apgd.steps == 100
     assert math.isclose(build_attack("mixture-pgd", eps=0.1, steps=10).step_size, 0.025)
+
+
+# ----------------------------------------------------------------------------- APGD-T, Square, transfer (issue 13)
+
+
+def _acc(model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (model(x_adv).argmax(1) == y).float().mean().item()
+
+
+def test_targeted_dlr_loss_by_hand() -> None:
+    z = torch.tensor([[4.0, 3.0, 2.0, 0.0, -1.0]])
+    # y=0, t=3: -(4 - 0) / (4 - (2 + 0) / 2) = -4 / 3; y=1, t=0: -(3 - 4) / 3 = 1 / 3
+    assert torch.allclose(dlr_targeted_loss(z, torch.tensor([[0, 3]])), torch.tensor([-4.0 / 3.0]))
+    assert torch.allclose(dlr_targeted_loss(z, torch.tensor([[1, 0]])), torch.tensor([1.0 / 3.0]))
+    # 3 classes: the scale is z_(1) - z_(3)
+    assert torch.allclose(dlr_targeted_loss(z[:, :3], torch.tensor([[2, 0]])), torch.tensor([1.0]))
+    # invariant to shifting and scaling the logits
+    assert torch.allclose(dlr_targeted_loss(3 * z + 7, torch.tensor([[0, 3]])), torch.tensor([-4.0 / 3.0]))
+
+
+def test_apgd_t_targets_are_the_top_k_other_classes() -> None:
+    z = torch.tensor([[0.0, 5.0, 3.0, 4.0, 1.0]])
+    assert top_targets(z, torch.tensor([1]), 3).tolist() == [[3, 2, 4]]
+    assert top_targets(z, torch.tensor([3]), 9).tolist() == [[1, 2, 4, 0]]  # capped at K - 1
+
+
+def test_apgd_t_at_least_as_strong_as_apgd_ce_and_dlr(digits) -> None:  # type: ignore[no-untyped-def]
+    model, x, y = digits["members"][0], digits["x"], digits["y"]
+    accs: dict[str, list[float]] = {"apgd-t": [], "apgd-ce": [], "apgd-dlr": []}
+    for seed in range(2):
+        for name in accs:
+            extra = {"targets": 3} if name == "apgd-t" else {}
+            attack = build_attack(name, eps=0.08, steps=20, **extra)
+            accs[name].append(_acc(model, attack(model, x, y, generator=torch.Generator().manual_seed(seed)), y))
+    assert sum(accs["apgd-t"]) <= min(sum(accs["apgd-ce"]), sum(accs["apgd-dlr"])) + 1e-9, accs
+    assert sum(accs["apgd-t"]) / 2 < _acc(model, x, y) - 0.3, accs  # and it is a real attack
+
+
+def test_square_schedule_and_pattern() -> None:
+    assert square_fraction(0.8, 0, 10000) == 0.8
+    assert square_fraction(0.8, 11, 10000) == 0.4 and square_fraction(0.8, 51, 10000) == 0.2
+    assert square_fraction(0.8, 9999, 10000) == pytest.approx(0.8 / 512)
+    assert square_fraction(0.8, 500, 1000) == square_fraction(0.8, 5000, 10000)  # rescaled to 10000 queries
+    pat = pseudo_gaussian_pattern(5)
+    assert pat.norm().item() == pytest.approx(1.0)
+    assert (pat[:, :2] > 0).all() and (pat[:, 2:] < 0).all()  # eta left, -eta right
+    assert torch.equal(pseudo_gaussian_pattern(5, transpose=True), pat.t())
+    assert pat[2, 0] > pat[0, 0]  # peaks on the middle row
+
+
+class _Quantize(nn.Module):
+    """Rounds the input to 1/2 steps: the input gradient is exactly zero (masked gradients)."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.round(h * 2) / 2
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_square_breaks_a_model_whose_gradients_are_masked(digits, norm: str) -> None:  # type: ignore[no-untyped-def]
+    base, x, y = digits["members"][0], digits["x"][:100], digits["y"][:100]
+    model = nn.Sequential(_Quantize(), base)
+    eps = 0.15 if norm == "linf" else 1.5
+    clean = _acc(model, x, y)
+    pgd = _acc(model, PGD(eps, steps=20, norm=norm)(model, x, y, generator=torch.Generator().manual_seed(0)), y)
+    x_sq = Square(eps, steps=300, norm=norm)(model, x, y, generator=torch.Generator().manual_seed(0))
+    delta = (x_sq - x).flatten(1)
+    dist = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    assert dist.max().item() <= eps + 1e-5 and x_sq.min() >= 0 and x_sq.max() <= 1
+    assert pgd > clean - 0.25  # the gradient attack is (mostly) fooled by the masking
+    assert _acc(model, x_sq, y) < pgd - 0.3  # random search is not
+
+
+def test_square_on_a_randomized_model_compares_expected_predictions(digits) -> None:  # type: ignore[no-untyped-def]
+    base, x, y = digits["members"][0], digits["x"][:60], digits["y"][:60]
+    noisy = apply_sap(base, 0.3)
+    attack = Square(0.1, steps=20, eot_samples=6)
+    g = torch.Generator().manual_seed(0)
+    with use_generator(noisy, g):
+        loss, margin = attack._query(noisy, x, y)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad(), use_generator(noisy, g):
+        probs = torch.stack([noisy(x).softmax(1) for _ in range(6)]).mean(0)
+    assert torch.allclose(margin, cw_loss(probs.log(), y, kappa=float("inf")), atol=1e-5)
+    assert torch.allclose(loss, cw_loss(probs.log(), y), atol=1e-5)
+
+
+def test_transfer_pgd_is_pgd_on_the_deterministic_base(digits) -> None:  # type: ignore[no-untyped-def]
+    base, x, y = digits["members"][1], digits["x"][:40], digits["y"][:40]
+    sap = apply_sap(base, 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RandomizedDefenseWarning)  # a transfer ignores randomness on purpose
+        a = TransferPGD(0.1, steps=5)(sap, x, y, generator=torch.Generator().manual_seed(2))
+    b = PGD(0.1, step_size=0.05, steps=5)(base, x, y, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+    mix = MixedStrategyModel([digits["members"][0], sap], [0.5, 0.5])
+    c = TransferPGD(0.1, steps=5, member=1)(mix, x, y, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(c, b)
+    with pytest.raises(AttackError, match="has 2 members"):
+        TransferPGD(0.1, steps=5, member=2)(mix, x, y)

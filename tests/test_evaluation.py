@@ -153,7 +153,9 @@ def test_sanity_check_fires_on_probability_outputs(digits) -> None:  # type: ign
 def test_mixture_with_the_quick_suite(digits) -> None:  # type: ignore[no-untyped-def]
     mix = MixedStrategyModel([digits["mlp"], digits["mlp2"]], [0.7, 0.3])
     attacks = suite("quick", eps=EPS, model=mix)
-    assert {"mixture-pgd-ce", "arc", "eot-pgd-ce", "apgd-ce", "apgd-dlr"} == set(attacks)
+    assert {"mixture-pgd-ce", "arc", "eot-pgd-ce", "apgd-ce", "apgd-dlr", "square-eot", "transfer-pgd-member0",
+            "transfer-pgd-member1"} == set(attacks)
+    assert [attacks[f"transfer-pgd-member{i}"].member for i in (0, 1)] == [0, 1]
     assert isinstance(attacks["arc"], ARC) and isinstance(attacks["mixture-pgd-ce"], MixturePGD)
     x, y = digits["data"]
     report, sanity = _evaluate(mix, (x[:40], y[:40]), attacks, repeats=2)
@@ -164,14 +166,32 @@ def test_mixture_with_the_quick_suite(digits) -> None:  # type: ignore[no-untype
 
 def test_suites_fit_the_model(digits) -> None:  # type: ignore[no-untyped-def]
     det = suite("adaptive", eps=EPS, model=digits["mlp"])
-    assert set(det) == {"pgd-ce", "pgd-cw", "apgd-ce", "apgd-dlr"}
+    assert set(det) == {"pgd-ce", "pgd-cw", "apgd-ce", "apgd-dlr", "apgd-t", "square"}
     assert det["pgd-ce"].steps == 100 and det["pgd-cw"].loss == "cw"
     assert all(a.eot_samples == 1 for a in det.values())
     sap = suite("adaptive", eps=EPS, model=apply_sap(digits["mlp"], 0.5))
-    assert set(sap) == {"eot-pgd-ce", "apgd-ce", "apgd-dlr"}
-    assert all(a.eot_samples == 20 for a in sap.values()) and sap["eot-pgd-ce"].steps == 100
+    assert set(sap) == {"eot-pgd-ce", "apgd-ce", "apgd-dlr", "square-eot", "transfer-pgd"}
+    assert all(sap[k].eot_samples == 20 for k in ("eot-pgd-ce", "apgd-ce", "apgd-dlr"))
+    assert sap["eot-pgd-ce"].steps == 100 and sap["square-eot"].eot_samples == 10
+    assert sap["transfer-pgd"].eot_samples == 1 and sap["transfer-pgd"].member is None
     with pytest.raises(ValueError, match="unknown attack suite"):
         suite("strong", eps=EPS)
+
+
+def test_autoattack_suites_and_adaptive_contains_autoattack(digits) -> None:  # type: ignore[no-untyped-def]
+    aa = suite("autoattack", eps=EPS, model=digits["mlp"])
+    assert list(aa) == ["apgd-ce", "apgd-t", "square"]
+    assert aa["apgd-ce"].steps == 100 and aa["apgd-t"].targets == 9 and aa["square"].steps == 5000
+    assert aa["square"].p_init == 0.8
+    adaptive = suite("adaptive", eps=EPS, model=digits["mlp"])
+    for key, attack in aa.items():  # the same attacks with the same budgets: worst case <= AutoAttack's
+        assert adaptive[key].config() == attack.config()
+    rand = suite("autoattack-rand", eps=EPS, model=apply_sap(digits["mlp"], 0.5))
+    assert list(rand) == ["apgd-ce", "apgd-dlr"] and all(a.eot_samples == 20 for a in rand.values())
+    sap_adaptive = suite("adaptive", eps=EPS, model=apply_sap(digits["mlp"], 0.5))
+    for key, attack in rand.items():
+        assert sap_adaptive[key].config() == attack.config()
+    assert all(a.eot_samples == 1 for a in suite("autoattack-rand", eps=EPS, model=digits["mlp"]).values())
 
 
 class CoinFlipClassifier(StochasticModule):
@@ -227,7 +247,8 @@ def test_one_member_mixture_gets_the_members_suite(digits) -> None:  # type: ign
     mix = MixedStrategyModel([sap, digits["mlp2"]], [1.0, 0.0])
     assert set(suite("adaptive", eps=EPS, model=mix)) == set(suite("adaptive", eps=EPS, model=sap))
     pure = MixedStrategyModel([digits["mlp"], sap], [1.0, 0.0])
-    assert set(suite("adaptive", eps=EPS, model=pure)) == {"pgd-ce", "pgd-cw", "apgd-ce", "apgd-dlr"}
+    assert set(suite("adaptive", eps=EPS, model=pure)) == {"pgd-ce", "pgd-cw", "apgd-ce", "apgd-dlr", "apgd-t", "square"}
+    assert suite("adaptive", eps=EPS, model=mix)["transfer-pgd"].member == 0
     two = MixedStrategyModel([sap, digits["mlp2"]], [0.5, 0.5])
     assert {"mixture-pgd-ce", "mixture-pgd-cw", "arc"} <= set(suite("adaptive", eps=EPS, model=two))
 
