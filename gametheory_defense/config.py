@@ -105,12 +105,17 @@ class GameConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
-    """``[evaluation]``: the adaptive suite run on the mixture and on every pure defender."""
+    """``[evaluation]``: the adaptive suite run on the mixture and on every pure defender.
+
+    ``eps`` and ``norm`` default to the game's threat model: the one ``eps`` (``norm``)
+    every attacker uses. When the attackers use several, the section must state it (a
+    :class:`ConfigError` otherwise); :func:`load_config` always returns them filled in.
+    """
 
     enabled: bool = True
     suite: str = "adaptive"
-    eps: float = 0.3
-    norm: str = "linf"
+    eps: float | None = None
+    norm: str | None = None
     size: int | None = None
     repeats: int = 2
     draws: int = 1
@@ -240,6 +245,24 @@ def _section(cls: type, raw: Any, where: str, *, extra_key: str | None = None) -
     return cls(**kwargs)
 
 
+def _evaluation_threat_model(evaluation: EvaluationConfig, attackers: tuple[AttackerConfig, ...]) -> EvaluationConfig:
+    """Fill ``evaluation.eps``/``norm`` from the attackers' threat model when not stated."""
+    found = {"eps": sorted({a.params["eps"] for a in attackers if "eps" in a.params}),
+             "norm": sorted({str(a.params.get("norm", "linf")) for a in attackers})}
+    filled = {}
+    for key in ("eps", "norm"):
+        if getattr(evaluation, key) is not None:
+            continue
+        values = found[key]
+        if len(values) != 1:
+            raise ConfigError(
+                f"evaluation.{key}: the attackers use several values ({', '.join(map(str, values))}), so the "
+                f"threat model to evaluate at is ambiguous; state it, e.g. {key} = {values[-1]!r}"
+            )
+        filled[key] = values[0]
+    return dataclasses.replace(evaluation, **filled) if filled else evaluation
+
+
 def _check_choice(value: str | None, key: str) -> None:
     choices = _CHOICES[key]
     if value is not None and value not in choices:
@@ -348,6 +371,7 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
         raise ConfigError(f"game.solver: unknown solver {game.solver!r} (choose from {', '.join(SOLVERS)})")
 
     evaluation = _section(EvaluationConfig, raw.get("evaluation", {}), "evaluation")
+    evaluation = _evaluation_threat_model(evaluation, attackers)
     _check_choice(evaluation.norm, "evaluation.norm")
     _check_positive(evaluation.eps, "evaluation.eps")
     _check_positive(evaluation.size, "evaluation.size")

@@ -110,3 +110,18 @@ def test_load_config_file_errors(tmp_path):
     bad.write_text("[data\nx=1")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(bad)
+
+
+def test_evaluation_threat_model_defaults_to_the_games():
+    raw = raw_digits()
+    raw["evaluation"].pop("eps", None)
+    raw["evaluation"].pop("norm", None)
+    for a in raw["attackers"]:
+        a["eps"] = 0.07
+    cfg = parse_config(raw)
+    assert cfg.evaluation.eps == 0.07 and cfg.evaluation.norm == "linf"
+    raw["attackers"][0]["eps"] = 0.05  # two eps in the game: the evaluation must say which
+    with pytest.raises(ConfigError, match=r"evaluation.eps: the attackers use several values \(0.05, 0.07\)"):
+        parse_config(raw)
+    raw["evaluation"]["eps"] = 0.05
+    assert parse_config(raw).evaluation.eps == 0.05
