@@ -501,6 +501,8 @@ def run_pipeline(
     _close(fig)
     defenders = load_defenders(specs, dev)
     ensemble = MixedStrategyModel.from_equilibrium(eq, defenders)
+    threat_model = {"norm": config.evaluation.norm, "eps": config.evaluation.eps}  # read by `gtdefense evaluate`
+    ensemble.metadata["threat_model"] = threat_model
     ensemble.save(out / "ensemble", overwrite=True)
     seconds["solve"] = time.perf_counter() - t
 
@@ -515,6 +517,7 @@ def run_pipeline(
         fig.savefig(out / "double_oracle.png", dpi=120, bbox_inches="tight")
         _close(fig)
         do_ensemble = MixedStrategyModel.from_equilibrium(do_result.equilibrium, defenders)
+        do_ensemble.metadata["threat_model"] = threat_model
         do_ensemble.save(out / "ensemble_double_oracle", overwrite=True)
         seconds["double_oracle"] = time.perf_counter() - t
 

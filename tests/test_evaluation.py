@@ -306,7 +306,8 @@ def test_cli_evaluates_a_checkpoint_and_an_ensemble(digits, tmp_path, capsys) ->
                  "--repeats", "2", "--no-progress", "--out-json", str(out_json)]) == 0
     report = RobustnessReport.from_json(out_json)
     assert report.stochastic and "arc" in {a.name for a in report.attacks}
-    assert (tmp_path / "ens" / "evaluation.md").read_text().startswith("Threat model:")  # default Markdown
+    # default Markdown, named after the suite and threat model
+    assert (tmp_path / "ens" / "evaluation.quick.linf-0.1.md").read_text().startswith("Threat model:")
 
 
 def test_cli_writes_json_and_markdown_by_default(digits, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -317,10 +318,32 @@ def test_cli_writes_json_and_markdown_by_default(digits, tmp_path, capsys) -> No
     assert main(["evaluate", str(ck), "--attack", "fgsm", "--eps", "0.1", "--n", "10", "--no-progress",
                  "--no-sanity-checks"]) == 0
     captured = capsys.readouterr()
-    report = RobustnessReport.from_json(tmp_path / "mlp.evaluation.json")
+    report = RobustnessReport.from_json(tmp_path / "mlp.evaluation.fgsm.linf-0.1.json")
     assert report.n_examples == 10 and [a.name for a in report.attacks] == ["fgsm"]
-    assert (tmp_path / "mlp.evaluation.md").read_text() == captured.out
-    assert "mlp.evaluation.json" in captured.err
+    assert (tmp_path / "mlp.evaluation.fgsm.linf-0.1.md").read_text() == captured.out
+    assert "mlp.evaluation.fgsm.linf-0.1.json" in captured.err
+    record = json.loads((tmp_path / "mlp.evaluation.fgsm.linf-0.1.json").read_text())["evaluation"]
+    assert record["model"] == str(ck) and record["sap"] is None and record["seed"] == 0 and record["eps"] == 0.1
+    assert record["suite"] is None and record["attacks"] == ["fgsm"] and record["n"] == 10
+
+
+def test_cli_uses_the_recorded_threat_model_keeps_suites_apart_and_warns_on_one_draw(digits, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from gametheory_defense.checkpoint import save_checkpoint
+    from gametheory_defense.cli import main
+
+    ck = save_checkpoint(digits["mlp"], tmp_path / "mlp", dataset="digits", extra={"threat_model": {"norm": "linf", "eps": 0.05}})
+    base = ["evaluate", str(ck), "--n", "8", "--no-progress", "--no-sanity-checks"]
+    assert main([*base, "--attack", "fgsm"]) == 0
+    assert "recorded with the model: eps 0.05" in capsys.readouterr().err
+    first = tmp_path / "mlp.evaluation.fgsm.linf-0.05.json"
+    assert RobustnessReport.from_json(first).threat_model["eps"] == 0.05
+    before = first.read_text()
+    assert main([*base, "--attack", "fgsm", "--sap-frac", "0.5"]) == 0  # SAP: another file, and a warning
+    err = capsys.readouterr().err
+    assert "randomized and --draws is 1" in err
+    second = tmp_path / "mlp.evaluation.fgsm.linf-0.05.sap0.5-exact.json"
+    assert second.exists() and first.read_text() == before
+    assert json.loads(second.read_text())["evaluation"]["sap"]["frac"] == 0.5
 
 
 def test_cli_bad_path_is_one_line_exit_2(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]

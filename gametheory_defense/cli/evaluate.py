@@ -3,13 +3,22 @@
 Loads a checkpoint (``NAME.safetensors`` + ``NAME.json``) or an ensemble directory (one
 with ``ensemble.json``), attacks the first N test images with an attack suite or with
 named attacks, prints the report as a Markdown table and writes it as JSON and Markdown
-(by default next to the model: ``NAME.evaluation.json``/``.md`` for a checkpoint,
-``DIR/evaluation.json``/``.md`` for an ensemble directory).
+(by default next to the model, named after what was run so that no evaluation overwrites
+another: ``NAME.evaluation.SUITE.NORM-EPS[.sapFRAC-MODE].json``/``.md`` for a checkpoint,
+``DIR/evaluation.SUITE.NORM-EPS[...].json``/``.md`` for an ensemble directory). The JSON
+records, besides the report, the model, its SAP settings, the suite, the seed and the
+threat model under ``"evaluation"``.
+
+The threat model is the one recorded with the model when ``--eps``/``--norm`` are not
+given: an ensemble's ``metadata["threat_model"]`` (the pipeline records its game's), a
+checkpoint's ``threat_model`` (sidecar ``extra``) or, for a PGD-AT checkpoint, its
+training radius; else L-inf eps 0.3.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -42,8 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--attack", action="append", default=None, choices=sorted(ATTACKS), metavar="NAME",
                    help=f"an attack to run (repeatable; one of {', '.join(sorted(ATTACKS))}); "
                         "--steps/--step-size/--eot-samples/--restarts/--loss apply to each")
-    p.add_argument("--eps", type=float, default=0.3, help="threat-model radius in [0,1] input units (default 0.3)")
-    p.add_argument("--norm", default="linf", choices=["linf", "l2"], help="threat model (default linf)")
+    p.add_argument("--eps", type=float, default=None,
+                   help="threat-model radius in [0,1] input units (default: the one recorded with the model, else 0.3)")
+    p.add_argument("--norm", default=None, choices=["linf", "l2"],
+                   help="threat model (default: the one recorded with the model, else linf)")
     p.add_argument("--steps", type=int, default=None, help="iterations of --attack attacks (default: the attack's)")
     p.add_argument("--step-size", type=float, default=None, help="step size of --attack attacks")
     p.add_argument("--eot-samples", type=int, default=None, help="EOT samples of --attack attacks")
@@ -77,8 +88,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=run)
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, str | None]:
-    """The model (SAP added if asked) and the data set recorded with it."""
+def _load(args: argparse.Namespace) -> tuple[Any, str | None, dict[str, Any]]:
+    """The model (SAP added if asked), the data set and the threat model recorded with it."""
     from gametheory_defense.checkpoint import load_checkpoint, read_metadata
     from gametheory_defense.ensemble import MANIFEST, MixedStrategyModel
     from gametheory_defense.errors import CheckpointError
@@ -106,23 +117,58 @@ def _load(args: argparse.Namespace) -> tuple[Any, str | None]:
                 value=model.value,
                 metadata=model.metadata,
             )
-        return model, dataset
+        return model, dataset, dict(model.metadata.get("threat_model") or {})
     candidates = [path, path.with_name(path.name + ".json"), path.with_name(path.name + ".safetensors")]
     if not any(c.is_file() for c in candidates):
         raise FileNotFoundError(f"{path}: no such checkpoint or ensemble directory")
     sap = "keep" if args.sap_frac is None else {"frac": args.sap_frac, "mode": args.sap_mode, "layers": None}
     ckpt = load_checkpoint(path, device=args.device, sap=sap)
-    return ckpt.model, ckpt.metadata.get("dataset")
+    return ckpt.model, ckpt.metadata.get("dataset"), _recorded_threat_model(ckpt.metadata)
 
 
-def _default_outputs(model: str) -> tuple[Path, Path]:
-    """``(json, md)`` paths next to the model: ``NAME.evaluation.*`` or ``DIR/evaluation.*``."""
+def _recorded_threat_model(meta: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's threat model: ``threat_model`` (top level or in ``extra``), else PGD-AT's radius."""
+    for where in (meta, meta.get("extra") or {}):
+        tm = where.get("threat_model") if isinstance(where, dict) else None
+        if isinstance(tm, dict) and "eps" in tm:
+            return dict(tm)
+    config = (meta.get("training") or {}).get("config") or {}
+    if isinstance(config, dict) and config.get("method") == "pgd-at" and isinstance(config.get("eps"), (int, float)):
+        return {"norm": "linf", "eps": float(config["eps"])}
+    return {}
+
+
+def _threat_model(args: argparse.Namespace, recorded: dict[str, Any]) -> tuple[float, str]:
+    """``(eps, norm)``: the flags, else the recorded threat model, else L-inf 0.3 (with a note)."""
+    eps = args.eps if args.eps is not None else recorded.get("eps")
+    norm = args.norm if args.norm is not None else recorded.get("norm")
+    if eps is None:
+        print("gtdefense evaluate: no threat model is recorded with the model; using eps 0.3 (pass --eps)",
+              file=sys.stderr)
+        eps = 0.3
+    elif args.eps is None:
+        print(f"gtdefense evaluate: using the threat model recorded with the model: eps {float(eps):g}",
+              file=sys.stderr)
+    return float(eps), str(norm or "linf")
+
+
+def _tag(args: argparse.Namespace, eps: float, norm: str) -> str:
+    """What was run, for file names: ``SUITE[+ATTACK...].NORM-EPS[.sapFRAC-MODE]``."""
+    parts = ([args.suite or "adaptive"] if (not args.attack or args.suite) else []) + list(dict.fromkeys(args.attack or []))
+    tag = f"{'+'.join(parts)}.{norm}-{eps:g}"
+    if args.sap_frac is not None:
+        tag += f".sap{args.sap_frac:g}-{args.sap_mode}"
+    return tag
+
+
+def _default_outputs(model: str, tag: str) -> tuple[Path, Path]:
+    """``(json, md)`` paths next to the model: ``NAME.evaluation.TAG.*`` or ``DIR/evaluation.TAG.*``."""
     path = Path(model)
     if path.is_dir():
-        return path / "evaluation.json", path / "evaluation.md"
+        return path / f"evaluation.{tag}.json", path / f"evaluation.{tag}.md"
     if path.suffix in (".json", ".safetensors"):
         path = path.with_suffix("")
-    return path.with_name(path.name + ".evaluation.json"), path.with_name(path.name + ".evaluation.md")
+    return path.with_name(f"{path.name}.evaluation.{tag}.json"), path.with_name(f"{path.name}.evaluation.{tag}.md")
 
 
 def _check_fits(model: Any, test: Any, dataset: str, device: str) -> None:
@@ -153,7 +199,7 @@ def _check_fits(model: Any, test: Any, dataset: str, device: str) -> None:
         )
 
 
-def _attacks(args: argparse.Namespace) -> dict[str, Any] | None:
+def _attacks(args: argparse.Namespace, eps: float, norm: str) -> dict[str, Any] | None:
     """The attacks named with ``--attack`` (None when none was)."""
     from gametheory_defense.attacks import build_attack
 
@@ -163,8 +209,27 @@ def _attacks(args: argparse.Namespace) -> dict[str, Any] | None:
     extra = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     out: dict[str, Any] = {}
     for name in dict.fromkeys(args.attack):
-        out[name] = build_attack(name, eps=args.eps, norm=args.norm, **extra)
+        out[name] = build_attack(name, eps=eps, norm=norm, **extra)
     return out
+
+
+def _sap_record(model: Any) -> Any:
+    """The SAP settings of the evaluated model (one per member for an ensemble; None: no SAP)."""
+    from gametheory_defense.attacks.mixture import is_mixture
+    from gametheory_defense.sap import sap_settings
+
+    if is_mixture(model):
+        return {name: sap_settings(m) for name, m in zip(model.names, model.members)}
+    return sap_settings(model)
+
+
+def _randomized(model: Any) -> bool:
+    from gametheory_defense.attacks.mixture import is_mixture, mixture_components
+    from gametheory_defense.stochastic import is_stochastic
+
+    if is_mixture(model) and len(mixture_components(model)) > 1:
+        return True
+    return bool(is_stochastic(model))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -181,8 +246,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     if args.draws < 1:
         raise ValueError(f"--draws must be >= 1, got {args.draws}")
-    named = _attacks(args)  # fail fast on bad attack arguments
-    model, recorded = _load(args)
+    _attacks(args, args.eps if args.eps is not None else 0.3, args.norm or "linf")  # fail fast on bad arguments
+    model, recorded, threat = _load(args)
+    eps, norm = _threat_model(args, threat)
+    named = _attacks(args, eps, norm)
+    if args.draws == 1 and _randomized(model):
+        print("gtdefense evaluate: warning: the model is randomized and --draws is 1: the per-example worst case "
+              "is a minimum of 0/1 estimates, biased low; use --draws 10-20 (docs/evaluation.md)", file=sys.stderr)
     dataset = args.dataset or recorded
     if not dataset:
         raise ConfigError(f"{args.model}: no data set is recorded with the model; pass --dataset")
@@ -192,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
 
     attacks: dict[str, Any] = {}
     if named is None or args.suite is not None:
-        attacks.update(suite(args.suite or "adaptive", eps=args.eps, norm=args.norm, model=model))
+        attacks.update(suite(args.suite or "adaptive", eps=eps, norm=norm, model=model))
     if named is not None:
         attacks.update(named)
     report = evaluate(
@@ -210,10 +280,25 @@ def run(args: argparse.Namespace) -> int:
     )
     text = report.to_markdown()
     print(text, end="")
-    default_json, default_md = _default_outputs(args.model)
+    default_json, default_md = _default_outputs(args.model, _tag(args, eps, norm))
     out_json = Path(args.out_json) if args.out_json else default_json
     out_md = Path(args.out_md) if args.out_md else default_md
-    report.to_json(out_json)
+    record = report.to_dict()
+    record["evaluation"] = {
+        "model": str(args.model),
+        "sap": _sap_record(model),
+        "suite": args.suite or ("adaptive" if not args.attack else None),
+        "attacks": list(dict.fromkeys(args.attack or [])),
+        "seed": args.seed,
+        "eps": eps,
+        "norm": norm,
+        "n": report.n_examples,
+        "repeats": args.repeats,
+        "draws": args.draws,
+        "dataset": dataset,
+    }
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(text, encoding="utf-8")
     print(f"wrote {out_json} and {out_md}", file=sys.stderr)
