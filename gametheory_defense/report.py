@@ -18,6 +18,19 @@ import numpy as np
 __all__ = ["pct", "write_report", "render_report"]
 
 
+
+def _attacker_eps(config: Any) -> set[float]:
+    return {float(a.params["eps"]) for a in config.attackers if "eps" in a.params}
+
+
+def _attacker_threats(config: Any) -> str:
+    """``"linf eps 0.05, 0.1"``: the attackers' norms and radii."""
+    by_norm: dict[str, set[float]] = {}
+    for a in config.attackers:
+        if "eps" in a.params:
+            by_norm.setdefault(str(a.params.get("norm", "linf")), set()).add(float(a.params["eps"]))
+    return "; ".join(f"{n} eps {', '.join(f'{e:g}' for e in sorted(v))}" for n, v in sorted(by_norm.items()))
+
 def pct(value: float | None) -> str:
     """Format an accuracy in [0, 1] as a percentage with two decimals (``"n/a"`` for None)."""
     if value is None:
@@ -59,7 +72,8 @@ def render_report(
         "",
         "## 1. The game (the source paper's protocol: configured attackers only)",
         "",
-        "Rows are defenders (the maximizer), columns the configured attackers, cells accuracy.",
+        "Rows are defenders (the maximizer), columns the configured attackers, cells accuracy. "
+        f"Threat models of the attackers: {_attacker_threats(config)}; {config.data.eval_size} test images.",
         "",
     ]
     rows = []
@@ -96,6 +110,9 @@ def render_report(
         lines += [
             "## 2. Double oracle (best-response attacks against the current mixture)",
             "",
+            f"Oracle attack threat model: {config.double_oracle.params.get('norm', 'linf')} eps "
+            f"{config.double_oracle.params.get('eps')}; {config.data.eval_size} test images.",
+            "",
             f"- Value before: {pct(double_oracle.initial_value)}; after: {pct(double_oracle.equilibrium.value)} "
             f"({'converged' if double_oracle.converged else 'stopped at max_iterations'}).",
             f"- Attackers added by the attack oracle (`{config.double_oracle.attack}`): "
@@ -122,7 +139,8 @@ def render_report(
         lines += [
             "## 3. Adaptive evaluation (the number to quote)",
             "",
-            f"Threat model {tm['norm']} eps {tm['eps']}; suite `{config.evaluation.suite}` "
+            f"Threat model {tm['norm']} eps {tm['eps']}; {config.evaluation.size or config.data.eval_size} test "
+            f"images; suite `{config.evaluation.suite}` "
             "(see docs/evaluation.md), run on every model on the same examples. Worst case is per example "
             "over all attacks; for stochastic models the accuracy is averaged over draws. The suite adapts "
             "to the model: PGD and APGD for deterministic models, EOT versions for randomized ones, "
@@ -156,7 +174,13 @@ def render_report(
                 f"(`{best_pure}`) reaches {pct(bp)}: the mixture is **{verdict}** the best pure defender "
                 f"({100.0 * (mix - bp):+.2f} points).",
                 f"- Game value under the paper's protocol: {pct(equilibrium.value)}; the mixture's adaptive "
-                f"worst case: {pct(mix)} (a difference of {100.0 * (mix - equilibrium.value):+.2f} points).",
+                f"worst case: {pct(mix)} (a difference of {100.0 * (mix - equilibrium.value):+.2f} points"
+                + (
+                    ")."
+                    if {float(tm["eps"])} == _attacker_eps(config)
+                    else f"; **not comparable**: the game's attackers use eps {_attacker_threats(config)}, "
+                    f"the evaluation eps {tm['eps']})."
+                ),
             ]
         warn = [(k, w) for k in names for w in robustness[k].get("warnings", [])]
         if warn:
