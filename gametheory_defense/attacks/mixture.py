@@ -258,8 +258,9 @@ class MixturePGD(MixtureAwareMixin, Attack):
         Threat model.
     loss : {"ce", "cw"}
         Per-member loss (cross-entropy or Carlini-Wagner margin).
-    random_start : bool
-        Start at a uniformly random point of the ball.
+    random_start : bool, optional
+        Start at a random point of the ball; default as for
+        :class:`~gametheory_defense.attacks.PGD` (L-inf: yes; L2: only with restarts).
     restarts : int
         Independent runs; each example keeps the one with the lowest expected accuracy.
     eot_samples : int
@@ -290,7 +291,7 @@ class MixturePGD(MixtureAwareMixin, Attack):
         *,
         norm: str = "linf",
         loss: str = "ce",
-        random_start: bool = True,
+        random_start: bool | None = None,
         restarts: int = 1,
         eot_samples: int = 20,
         kappa: float = DEFAULT_KAPPA,
@@ -299,6 +300,10 @@ class MixturePGD(MixtureAwareMixin, Attack):
         if step_size is None and isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1:
             if isinstance(eps, (int, float)) and not isinstance(eps, bool):
                 step_size = 2.5 * eps / steps
+        if random_start is None:
+            from gametheory_defense.attacks.pgd import default_random_start
+
+            random_start = default_random_start(norm, restarts)
         super().__init__(
             eps,
             step_size=step_size,  # type: ignore[arg-type]  # None falls through to validation

@@ -19,6 +19,7 @@ from torch import nn
 from gametheory_defense.attacks.base import Attack, RandomizedDefenseWarning, register_attack
 from gametheory_defense.attacks.losses import DEFAULT_KAPPA
 from gametheory_defense.attacks.mixture import is_mixture
+from gametheory_defense.attacks.pgd import default_random_start
 from gametheory_defense.errors import AttackError
 from gametheory_defense.stochastic import deterministic
 
@@ -39,7 +40,7 @@ class TransferPGD(Attack):
     ----------
     eps, step_size, steps, norm, loss, random_start, restarts, kappa, max_batch
         As for :class:`~gametheory_defense.attacks.PGD` (``step_size`` defaults to
-        ``2.5 * eps / steps``).
+        ``2.5 * eps / steps``; ``random_start`` to PGD's rule).
     eot_samples : int
         Must be 1: the source model is deterministic.
     member : int, optional
@@ -54,13 +55,15 @@ class TransferPGD(Attack):
         *,
         norm: str = "linf",
         loss: str = "ce",
-        random_start: bool = True,
+        random_start: bool | None = None,
         restarts: int = 1,
         eot_samples: int = 1,
         member: int | None = None,
         kappa: float = DEFAULT_KAPPA,
         max_batch: int | None = None,
     ) -> None:
+        if random_start is None:
+            random_start = default_random_start(norm, restarts)
         if step_size is None and isinstance(eps, (int, float)) and isinstance(steps, int) and steps >= 1:
             step_size = 2.5 * float(eps) / steps
         super().__init__(
