@@ -600,3 +600,19 @@ def test_pgd_random_start_default_follows_the_measurement() -> None:
     assert build_attack("transfer-pgd", eps=1.0, norm="l2").random_start is False
     cfg = PGD(1.0, norm="l2").config()
     assert build_attack("pgd", **{k: v for k, v in cfg.items() if k != "name"}).config() == cfg
+
+
+def test_eot_on_the_cpu_stacks_whole_copies_up_to_the_measured_row_cap() -> None:
+    from gametheory_defense.attacks.base import CPU_EOT_ROWS
+
+    assert CPU_EOT_ROWS == 512
+    noise = RecordingNoise()
+    model = _init(nn.Sequential(nn.Flatten(), nn.Linear(16, 12), noise, nn.Linear(12, 3)), seed=4)
+    for n, draws, rows in ((100, 20, [500] * 4), (300, 4, [300] * 4), (10, 8, [80])):
+        noise.draws.clear()
+        x, y = torch.rand(n, *SHAPE), torch.randint(0, 3, (n,))
+        eot_gradient(model, x, y, ce_loss, eot_samples=draws)
+        assert [d.shape[0] for d in noise.draws] == rows
+    noise.draws.clear()
+    eot_gradient(model, x, y, ce_loss, eot_samples=8, max_batch=20)  # an explicit cap wins
+    assert [d.shape[0] for d in noise.draws] == [20] * 4

@@ -67,6 +67,10 @@ NORMS: tuple[str, ...] = ("linf", "l2")
 #: Number of examples the runtime checks run the model on (no gradient).
 _CHECK_EXAMPLES = 8
 
+#: Most rows per EOT forward pass on the CPU when ``max_batch`` is not given (see
+#: :func:`eot_gradient`; measured with ``benchmarks/eot_chunking.py``).
+CPU_EOT_ROWS = 512
+
 #: Constructor arguments that tune memory or speed only; left out of :meth:`Attack.config`.
 _NOT_IN_CONFIG = frozenset({"max_batch"})
 
@@ -219,6 +223,11 @@ def eot_gradient(
     of at most ``max_batch`` rows (whole copies of the batch when ``N <= max_batch``,
     slices of the batch otherwise), each with its own forward and backward pass.
 
+    ``max_batch=None`` stacks every draw on an accelerator; on the CPU it stacks whole
+    copies of the batch up to :data:`CPU_EOT_ROWS` rows (one copy per pass when ``N`` is
+    larger): measured in ``benchmarks/eot_chunking.py``, larger CPU batches fall out of
+    cache and cost up to 1.45x the per-draw loop (``docs/benchmarks.md``).
+
     Randomness comes from the model's stochastic modules; wrap the call in
     ``use_generator(model, generator)`` to control it. The model's parameters should
     not require gradients (see :func:`preserve_model_state`).
@@ -244,7 +253,13 @@ def eot_gradient(
     """
     n = x.shape[0]
     s_total = int(eot_samples)
-    cap = n * s_total if max_batch is None else max(1, int(max_batch))
+    if max_batch is not None:
+        cap = max(1, int(max_batch))
+    elif x.device.type == "cpu":
+        cap = max(n, CPU_EOT_ROWS)  # whole copies of the batch, at most CPU_EOT_ROWS rows (or one copy)
+    else:
+        cap = n * s_total
+    
     if n <= cap:
         slices = [(0, n)]
         per_chunk = max(1, cap // n)
