@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--model", default="small-cnn")
     parser.add_argument("--frac", type=float, default=1.0)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile'd versions (inductor; needs a C++ compiler on the CPU)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -103,13 +105,19 @@ def main(argv: list[str] | None = None) -> None:
         "sap-exact": apply_sap(base, args.frac, mode="exact"),
         "naive multinomial loop": naive_model(base, args.frac),
     }
+    if args.compile:
+        for name in ("no SAP", "sap-fast", "sap-exact"):
+            variants[f"{name} (compiled)"] = torch.compile(variants[name])
     sap_gen = torch.Generator(device=device).manual_seed(1)
     steps = {name: make_step(m, x, y, device) for name, m in variants.items()}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for name, step in steps.items():
+        t0 = time.perf_counter()
         with use_generator(variants[name], sap_gen):
             for _ in range(args.warmup if name != "naive multinomial loop" else 1):
                 step()
+        if "compiled" in name:
+            print(f"{name}: warm-up (compilation) {time.perf_counter() - t0:.1f}s", flush=True)
     for rnd in range(args.repeats):  # round-robin: machine drift hits every variant alike
         for name, step in steps.items():
             if name == "naive multinomial loop" and rnd >= args.naive_repeats:
@@ -124,12 +132,14 @@ def main(argv: list[str] | None = None) -> None:
         f"\nSAP overhead, forward+backward, {args.model}, batch {args.batch_size}, 1x28x28, "
         f"frac={args.frac}, device={device}, threads={args.threads}, torch {torch.__version__}\n"
     )
-    print("| variant | ms/iter (median) | ratio | target |")
-    print("| --- | ---: | ---: | ---: |")
+    ref_c = statistics.median(times["no SAP (compiled)"]) if args.compile else None
+    print("| variant | ms/iter (median) | ratio | ratio to compiled no SAP | target |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for name, ts in times.items():
         med = statistics.median(ts)
-        target = f"<= {TARGETS[name]}x" if name in TARGETS else ""
-        print(f"| {name} | {1e3 * med:.2f} | {med / ref:.2f}x | {target} |")
+        target = f"<= {TARGETS[name.replace(' (compiled)', '')]}x" if name.replace(" (compiled)", "") in TARGETS else ""
+        rc = f"{med / ref_c:.2f}x" if ref_c is not None and "compiled" in name else ""
+        print(f"| {name} | {1e3 * med:.2f} | {med / ref:.2f}x | {rc} | {target} |")
 
 
 if __name__ == "__main__":
