@@ -13,8 +13,9 @@ masking cannot fool it.
   starting from ``p_init`` (AutoAttack: 0.8).
 - **L-inf** (Algorithm 2): start from vertical stripes ``x +- eps`` (one random sign per
   channel and column); an update sets the window, per channel, to ``x + eps`` or
-  ``x - eps`` (random sign), a vertex of the ball; a draw that changes nothing is redrawn
-  (up to 10 times).
+  ``x - eps`` (random sign), a vertex of the ball; a draw that changes nothing is replaced by
+  the opposite signs, which always change the window (for one channel this is the
+  paper's redraw-until-changed; AutoAttack redraws).
 - **L2** (Algorithm 3): start from a grid of "pseudo-Gaussian" tiles with random signs,
   scaled to norm ``eps``; an update picks two windows ``W1``, ``W2`` and, per channel,
   moves the perturbation's mass in ``W1 u W2`` plus the unused budget
@@ -44,9 +45,6 @@ __all__ = ["Square", "square_fraction", "pseudo_gaussian_pattern"]
 
 #: Iterations (of a 10000-query run) at which the fraction ``p`` is halved (paper, Appendix).
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
-
-#: Redraws of an L-inf update that changed no coordinate.
-_REDRAWS = 10
 
 
 def square_fraction(p_init: float, it: int, steps: int) -> float:
@@ -253,16 +251,12 @@ class Square(Attack):
         s = min(max(int(round(math.sqrt(p * h * w))), 1), h - 1, w - 1)
         vh, vw = self._positions(m, s, h, w, x, g)
         window = _place(torch.ones(s, s, dtype=x.dtype, device=x.device), vh, vw, h, w).bool()
-        x_new = x_best.clone()
-        todo = torch.arange(m, device=x.device)
-        for _ in range(_REDRAWS):
-            signs = self._signs((todo.numel(), c, 1, 1), x, g)
-            cand = torch.where(window[todo], x[todo] + self.eps * signs, x_best[todo]).clamp_(lo[todo], hi[todo])
-            x_new[todo] = cand
-            unchanged = (cand == x_best[todo]).flatten(1).all(dim=1)
-            todo = todo[unchanged]
-            if todo.numel() == 0:
-                break
+        signs = self._signs((m, c, 1, 1), x, g)
+        x_new = torch.where(window, x + self.eps * signs, x_best).clamp_(lo, hi)
+        unchanged = (x_new == x_best).flatten(1).all(dim=1)
+        if unchanged.any():  # the draw repeated the window: take the opposite vertex, which differs
+            signs[unchanged] = -signs[unchanged]
+            x_new = torch.where(window, x + self.eps * signs, x_best).clamp_(lo, hi)
         return x_new
 
     def _l2_init(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
