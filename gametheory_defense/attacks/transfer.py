@@ -16,10 +16,10 @@ import warnings
 import torch
 from torch import nn
 
-from gametheory_defense.attacks.base import Attack, RandomizedDefenseWarning, register_attack
+from gametheory_defense.attacks.base import RandomizedDefenseWarning, register_attack
 from gametheory_defense.attacks.losses import DEFAULT_KAPPA
 from gametheory_defense.attacks.mixture import is_mixture
-from gametheory_defense.attacks.pgd import default_random_start
+from gametheory_defense.attacks.pgd import PGD
 from gametheory_defense.errors import AttackError
 from gametheory_defense.stochastic import deterministic
 
@@ -27,7 +27,7 @@ __all__ = ["TransferPGD"]
 
 
 @register_attack("transfer-pgd")
-class TransferPGD(Attack):
+class TransferPGD(PGD):
     """PGD crafted on a deterministic base model, evaluated on the real one (Athalye et al., 2018, "Obfuscated gradients ...").
 
     The adversarial example is PGD (Madry et al., 2018) on ``source`` with every
@@ -62,21 +62,9 @@ class TransferPGD(Attack):
         kappa: float = DEFAULT_KAPPA,
         max_batch: int | None = None,
     ) -> None:
-        if random_start is None:
-            random_start = default_random_start(norm, restarts)
-        if step_size is None and isinstance(eps, (int, float)) and isinstance(steps, int) and steps >= 1:
-            step_size = 2.5 * float(eps) / steps
         super().__init__(
-            eps,
-            step_size=step_size,  # type: ignore[arg-type]
-            steps=steps,
-            norm=norm,
-            loss=loss,
-            random_start=random_start,
-            restarts=restarts,
-            eot_samples=eot_samples,
-            kappa=kappa,
-            max_batch=max_batch,
+            eps, step_size, steps, norm=norm, loss=loss, random_start=random_start, restarts=restarts,
+            eot_samples=eot_samples, kappa=kappa, max_batch=max_batch,
         )
         if self.eot_samples != 1:
             raise AttackError("transfer-pgd crafts on a deterministic model: eot_samples must be 1")
