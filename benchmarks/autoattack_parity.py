@@ -191,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+#: The deterministic-model entries of the adaptive suite before issue 13.
+OLD_ADAPTIVE = ("pgd-ce", "pgd-cw", "apgd-ce", "apgd-dlr")
+
+
 def _pct(v: np.ndarray) -> str:
     return f"{100 * v.mean():.2f}"
 
@@ -200,22 +204,25 @@ def _d(r: dict[str, float]) -> str:
 
 
 def _print(everything: dict[str, dict]) -> None:
-    print("\n| model | eps | n | clean | ours autoattack | ours adaptive | torchattacks AA (shipped, 10 steps) "
-          "| torchattacks AA-100 | adaptive - AA-100 | adaptive - AA shipped | adaptive - ours autoattack |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |")
+    print("\n| model | eps | n | clean | old adaptive | ours autoattack | ours adaptive | torchattacks AA (shipped, 10 steps) "
+          "| torchattacks AA-100 | old adaptive - AA-100 | adaptive - AA-100 | adaptive - AA shipped | adaptive - ours autoattack |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- |")
     for name, row in everything.items():
         clean = np.array(row["clean"])
         aa, ad = np.array(row["ours_autoattack"]), np.array(row["ours_adaptive"])
+        old = clean.copy()  # the adaptive suite before issue 13: PGD (CE, CW), APGD-CE, APGD-DLR
+        for k in OLD_ADAPTIVE:
+            old &= np.array(row["ours"][k])
         ta = row.get("torchattacks")
         if ta:
             shipped = np.array(ta["aa-shipped"]["robust"]) & clean
             aa100 = clean.copy()
             for k in ("apgd-ce", "apgd-t", "fab-t", "square"):
                 aa100 &= np.array(ta[k]["robust"])
-            cols = [_pct(shipped), _pct(aa100), _d(paired(ad, aa100)), _d(paired(ad, shipped))]
+            cols = [_pct(shipped), _pct(aa100), _d(paired(old, aa100)), _d(paired(ad, aa100)), _d(paired(ad, shipped))]
         else:
-            cols = ["-"] * 4
-        print(f"| {name} | {row['eps']:g} | {row['n']} | {_pct(clean)} | {_pct(aa)} | {_pct(ad)} | "
+            cols = ["-"] * 5
+        print(f"| {name} | {row['eps']:g} | {row['n']} | {_pct(clean)} | {_pct(old)} | {_pct(aa)} | {_pct(ad)} | "
               + " | ".join(cols) + f" | {_d(paired(ad, aa))} |")
     print("\nPer attack (robust accuracy %; ours - torchattacks paired, (ours-only robust / theirs-only robust)):\n")
     print("| model | attack | ours | torchattacks | ours - torchattacks | ours s | torchattacks s |")
