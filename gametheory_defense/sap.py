@@ -532,7 +532,9 @@ class _OwnerTracer(fx.Tracer):
     """Traces one module's own forward; every submodule call is a ``call_module`` node."""
 
     def __init__(self, owner: nn.Module) -> None:
-        super().__init__()
+        # No autowrapping of ``math`` functions: patching them costs more than tracing a
+        # block, and a forward applying them to traced values is reported as untraceable.
+        super().__init__(autowrap_modules=())
         self._owner = owner
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
@@ -573,6 +575,7 @@ class _Discovery:
     opaque: list[tuple[str, nn.Module, str]]  # (name, module, reason)
     module_calls: dict[int, int]  # id(activation module) -> number of call sites
     owners: dict[int, nn.Module]  # id(owner) -> owner, for every traced owner
+    modules: dict[str, nn.Module]  # qualified name -> module
 
     def relevant_opaque(self, kinds: tuple[str, ...]) -> list[tuple[str, nn.Module, str]]:
         return [o for o in self.opaque if _may_call(o[1], kinds)]
@@ -589,7 +592,7 @@ def _discover(model: nn.Module) -> _Discovery:
     names: dict[int, str] = {}
     for name, m in model.named_modules():
         names.setdefault(id(m), name)
-    found = _Discovery([], names, {}, {}, [], {}, {})
+    found = _Discovery([], names, {}, {}, [], {}, {}, dict(model.named_modules()))
     module_nodes: list[tuple[nn.Module, nn.Module, str, str, bool, bool]] = []
     pending: list[tuple[str, nn.Module, str, bool, bool]] = []  # functional sites, in order
     order: list[tuple[str, int]] = []  # ("m", index into module_nodes) or ("f", index into pending)
@@ -693,7 +696,8 @@ def _may_call(m: nn.Module, kinds: tuple[str, ...]) -> bool:
 
 
 def _describe_opaque(opaque: list[tuple[str, nn.Module, str]]) -> str:
-    return "; ".join(f"{name or '<model>'} ({type(m).__qualname__}): {reason}" for name, m, reason in opaque)
+    """``'blocks.0' (Block; TraceError: ...), ...``: the untraceable modules and why."""
+    return ", ".join(f"{name or '<model>'!r} ({type(m).__qualname__}; {reason})" for name, m, reason in opaque)
 
 
 def activation_sites(model: nn.Module, activations: str | Sequence[str] = "relu") -> list[str]:
@@ -733,8 +737,8 @@ def activation_sites(model: nn.Module, activations: str | Sequence[str] = "relu"
     opaque = found.relevant_opaque(kinds)
     if opaque:
         raise SAPCoverageError(
-            f"cannot list every {'/'.join(kinds)} call site: the forward of {_describe_opaque(opaque)} "
-            "cannot be traced with torch.fx"
+            f"cannot list every {'/'.join(kinds)} call site: torch.fx cannot trace the forward of "
+            f"{_describe_opaque(opaque)}"
         )
     return [s.name for s in found.sites if s.kind in kinds]
 
@@ -926,9 +930,9 @@ def _select(found: _Discovery, kinds: tuple[str, ...], layers: Sequence[str | in
         opaque = found.relevant_opaque(kinds)
         if opaque:
             raise SAPCoverageError(
-                f"cannot put SAP after every {'/'.join(kinds)} call: the forward of {_describe_opaque(opaque)} "
-                "cannot be traced with torch.fx, so its call sites are unknown; pass layers=[...] naming the "
-                "call sites to prune (see activation_sites), or make that forward traceable"
+                f"cannot put SAP after every {'/'.join(kinds)} call: torch.fx cannot trace the forward of "
+                f"{_describe_opaque(opaque)}, so the call sites in it are unknown; pass layers=[...] naming "
+                "the activation modules or call sites to prune, or make that forward traceable"
             )
         if not available:
             raise ValueError(
@@ -945,7 +949,7 @@ def _select(found: _Discovery, kinds: tuple[str, ...], layers: Sequence[str | in
         if s.module is not None and found.module_calls.get(id(s.module), 0) > 1:
             groups.setdefault(found.names[id(s.module)], []).append(s)
     other_kinds = {s.name: s.kind for s in found.sites if s.kind not in kinds}
-    modules = {n: m for m, n in ((m, found.names.get(id(m))) for m in _all_modules(found)) if n is not None}
+    modules = found.modules
     chosen: list[_Site] = []
     blind: list[str] = []
     for item in layers:
@@ -977,15 +981,15 @@ def _select(found: _Discovery, kinds: tuple[str, ...], layers: Sequence[str | in
                 f"{'/'.join(kinds)} call sites: {names}"
             )
         else:
-            raise ValueError(f"no {'/'.join(kinds)} call site named {item!r} in the model; available call sites: {names}")
+            unseen = found.relevant_opaque(kinds)
+            hint = f" (torch.fx cannot trace the forward of {_describe_opaque(unseen)})" if unseen else ""
+            raise ValueError(
+                f"no {'/'.join(kinds)} call site named {item!r} in the model; available call sites: {names}{hint}"
+            )
         chosen.extend(s for s in picked if s not in chosen)
     if not chosen and not blind:
         raise ValueError("layers is empty; pass layers=None to put SAP after every activation call site")
     return [s for s in available if s in chosen], blind
-
-
-def _all_modules(found: _Discovery) -> list[nn.Module]:
-    return [m for owner in found.owners.values() for m in owner.modules()] or []
 
 
 def apply_sap(
