@@ -803,7 +803,8 @@ class SAPForward(nn.Module):
         self._compile()
 
     def extra_repr(self) -> str:
-        return f"base={type(self._sap_base).__qualname__}, sites={list(self._modules[_SITES_ATTR].keys())}"
+        base = type(self._sap_base)
+        return f"base={base.__module__}.{base.__qualname__}, sites={list(self._modules[_SITES_ATTR].keys())}"
 
     def _shadow(self) -> nn.Module:
         """A shallow copy of the original with this module's current state: traced for the forward."""

@@ -597,6 +597,16 @@ def test_copies_and_pickles_keep_the_sap_forward() -> None:
     assert remove_sap(double).blocks[0].fc1.weight.dtype == torch.float64
 
 
+def test_identity_tells_call_sites_apart() -> None:
+    identity = pytest.importorskip("gametheory_defense.identity")
+    block = _seeded(_Block())
+    ids = {identity.model_identity(apply_sap(block, 0.5, layers=[site])) for site in ("relu#0", "relu#1")}
+    ids.add(identity.model_identity(apply_sap(block, 0.5)))
+    ids.add(identity.model_identity(block))
+    assert len(ids) == 4
+    assert identity.model_identity(apply_sap(block, 0.5)) == identity.model_identity(apply_sap(block, 0.5))
+
+
 class _InPlace(nn.Module):
     """``F.relu_`` mutates ``h``, and ``h`` (not the call's result) is read afterwards."""
 
