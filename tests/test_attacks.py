@@ -222,20 +222,23 @@ def test_config_is_json_and_rebuilds_an_equal_attack(name: str) -> None:
     assert make_attack(name, "l2").config() != cfg
 
 
+class FailsOnFourthCall(nn.Module):
+    """Identity that raises on its fourth forward pass (mid-attack)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 4:
+            raise RuntimeError("boom")
+        return h
+
+
 def test_state_restored_when_the_model_raises() -> None:
-    class Fails(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.calls = 0
-
-        def forward(self, h: torch.Tensor) -> torch.Tensor:
-            self.calls += 1
-            if self.calls == 4:
-                raise RuntimeError("boom")
-            return h
-
     model = tiny_model("deterministic")
-    model.append(Fails())
+    model.append(FailsOnFourthCall())
     flags = [p.requires_grad for p in model.parameters()]
     modes = [m.training for m in model.modules()]
     x, y = tiny_data()
@@ -281,19 +284,8 @@ def test_batchnorm_buffers_unchanged_by_an_attack_in_train_mode(name: str) -> No
 
 
 def test_buffers_restored_when_the_model_raises() -> None:
-    class Fails(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.calls = 0
-
-        def forward(self, h: torch.Tensor) -> torch.Tensor:
-            self.calls += 1
-            if self.calls == 4:
-                raise RuntimeError("boom")
-            return h
-
     model = _bn_model()
-    model.append(Fails())
+    model.append(FailsOnFourthCall())
     before = _buffers(model)
     x, y = tiny_data()
     with pytest.raises(RuntimeError, match="boom"):
