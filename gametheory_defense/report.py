@@ -177,8 +177,8 @@ def render_report(
                 f"worst case: {pct(mix)} (a difference of {100.0 * (mix - equilibrium.value):+.2f} points"
                 + (
                     ")."
-                    if {float(tm["eps"])} == _attacker_eps(config)
-                    else f"; **not comparable**: the game's attackers use eps {_attacker_threats(config)}, "
+                    if _attacker_eps(config) and float(tm["eps"]) == max(_attacker_eps(config))
+                    else f"; **not comparable**: the game's attackers use {_attacker_threats(config)}, "
                     f"the evaluation eps {tm['eps']})."
                 ),
             ]
