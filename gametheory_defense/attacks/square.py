@@ -192,7 +192,10 @@ class Square(Attack):
     def _signs(self, shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return self._rand(shape, like, generator).lt_(0.5).to(like.dtype).mul_(2).sub_(1)
 
-    def _positions(self, m: int, s: int, h: int, w: int, like: torch.Tensor, g: torch.Generator | None):
+    def _positions(
+        self, m: int, s: int, h: int, w: int, like: torch.Tensor, g: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random top-left corners ``(vh, vw)`` of ``m`` windows of side ``s``, uniform over the image."""
         vh = (self._rand((m,), like, g) * (h - s + 1)).long().clamp_(max=h - s)
         vw = (self._rand((m,), like, g) * (w - s + 1)).long().clamp_(max=w - s)
         return vh, vw
