@@ -18,7 +18,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gametheory_defense.attacks.base import NORMS
 from gametheory_defense.errors import ConfigError
+from gametheory_defense.sap import SAP_MODES
+from gametheory_defense.solvers._core import SELECTIONS
+from gametheory_defense.training import METHODS, OPTIMIZERS, train_defaults
+from payoff.builder import FORMULATIONS
+from payoff.executors import EXECUTORS
 
 __all__ = [
     "RunConfig",
@@ -36,6 +42,9 @@ __all__ = [
 
 # Names that cannot be used for defenders because robustness.json uses them as keys.
 RESERVED_NAMES = frozenset({"mixture", "threat_model"})
+
+# Defaults of the [[models]] training keys: those of gametheory_defense.training.train.
+_TRAIN = train_defaults()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,17 +65,23 @@ class ModelConfig:
 
     name: str
     architecture: str
-    method: str = "standard"
-    epochs: int = 10
-    eps: float = 0.3
-    attack_steps: int = 10
-    step_size: float | None = None
-    eps_warmup_epochs: int = 0
-    batch_size: int = 128
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
+    method: str = _TRAIN["method"]
+    epochs: int = _TRAIN["epochs"]
+    eps: float = _TRAIN["eps"]
+    attack_steps: int = _TRAIN["attack_steps"]
+    step_size: float | None = _TRAIN["step_size"]
+    eps_warmup_epochs: int = _TRAIN["eps_warmup_epochs"]
+    batch_size: int = _TRAIN["batch_size"]
+    lr: float = _TRAIN["lr"]
+    optimizer: str = _TRAIN["optimizer"]
+    weight_decay: float = _TRAIN["weight_decay"]
     seed: int | None = None
+
+    def training_kwargs(self) -> dict[str, Any]:
+        """The :func:`~gametheory_defense.training.train` keyword arguments of this model."""
+        from gametheory_defense.training import TRAIN_SETTINGS
+
+        return {k: getattr(self, k) for k in TRAIN_SETTINGS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,14 +163,15 @@ class RunConfig:
         return _jsonable(dataclasses.asdict(self))
 
 
+# Valid values of the string keys, imported from the modules that own them.
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "models.method": ("standard", "pgd-at"),
-    "models.optimizer": ("adam", "sgd"),
-    "defenders.sap_mode": ("exact", "fast"),
-    "game.formulation": ("self", "transfer"),
-    "game.executor": ("serial", "ray"),
-    "game.select": ("clean", "max-entropy", "min-support"),
-    "evaluation.norm": ("linf", "l2"),
+    "models.method": tuple(METHODS),
+    "models.optimizer": tuple(OPTIMIZERS),
+    "defenders.sap_mode": tuple(SAP_MODES),
+    "game.formulation": tuple(FORMULATIONS),
+    "game.executor": tuple(EXECUTORS),
+    "game.select": tuple(SELECTIONS),
+    "evaluation.norm": tuple(NORMS),
 }
 
 

@@ -23,9 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
-import shlex
-import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -38,9 +35,18 @@ import torch
 from gametheory_defense import __version__
 from gametheory_defense.config import RunConfig, defender_names
 from gametheory_defense.errors import CheckpointError, ConfigError
+from gametheory_defense.provenance import environment, reproduce_command  # re-exported for callers
 from payoff.builder import cell_seed
 
-__all__ = ["RunResult", "run_pipeline", "resolve_device", "defender_specs", "load_defenders"]
+__all__ = [
+    "RunResult",
+    "run_pipeline",
+    "resolve_device",
+    "defender_specs",
+    "load_defenders",
+    "environment",
+    "reproduce_command",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,21 +92,6 @@ def _read_json(path: Path) -> Any | None:
 # --------------------------------------------------------------------------- training
 
 
-def _training_kwargs(m: Any) -> dict[str, Any]:
-    return {
-        "method": m.method,
-        "epochs": m.epochs,
-        "eps": m.eps,
-        "attack_steps": m.attack_steps,
-        "step_size": m.step_size,
-        "eps_warmup_epochs": m.eps_warmup_epochs,
-        "batch_size": m.batch_size,
-        "lr": m.lr,
-        "optimizer": m.optimizer,
-        "weight_decay": m.weight_decay,
-    }
-
-
 def _train_models(
     config: RunConfig, out: Path, train_set: Any, eval_set: Any, *, device: torch.device, resume: bool, progress: bool
 ) -> dict[str, Path]:
@@ -119,7 +110,7 @@ def _train_models(
             "dataset": config.data.dataset,
             "train_size": config.data.train_size,
             "seed": seed,
-            **_training_kwargs(m),
+            **m.training_kwargs(),
         }
         sidecar = _read_json(checkpoint_paths(path)[1])  # NAME.json; names may contain dots ("pgd-at-0.3")
         if resume and sidecar is not None and (sidecar.get("extra") or {}).get("recipe") == recipe:
@@ -138,7 +129,7 @@ def _train_models(
         result = train(
             model,
             train_set,
-            **_training_kwargs(m),
+            **m.training_kwargs(),
             device=device,
             generator=gen,
             eval_data=eval_set,
@@ -568,42 +559,3 @@ def _do_summary(result: Any) -> dict[str, Any]:
         "history": [dataclasses.asdict(h) if dataclasses.is_dataclass(h) else dict(h) for h in result.history],
         "equilibrium": result.equilibrium.to_dict(),
     }
-
-
-def _cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment() -> dict[str, str]:
-    """Library and machine versions recorded in reports.
-
-    ``torch_cpu_capability`` is the vector instruction set torch's CPU kernels use (AVX2,
-    AVX512, ...): gradients, hence trained weights and attacks, differ in their last bits
-    between them, so bit-for-bit reproduction needs the same one (docs/results.md).
-    """
-    cap = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
-    return {
-        "gametheory-defense": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu": _cpu_model(),
-        "torch_cpu_capability": cap() if cap is not None else "unknown",
-        "cpu_count": str(os.cpu_count()),
-    }
-
-
-def reproduce_command(argv: Sequence[str] | None = None) -> str:
-    """The shell command that reproduces the current invocation."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    return "gtdefense " + " ".join(shlex.quote(a) for a in args)

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from gametheory_defense.provenance import environment, reproduce_command
+
 __all__ = ["pct", "write_report", "render_report"]
 
 
@@ -43,8 +45,6 @@ def render_report(
     command: Sequence[str] | None,
 ) -> str:
     """Return the Markdown text of ``report.md``."""
-    from gametheory_defense.pipeline import environment, reproduce_command
-
     values = np.asarray(matrix.values)
     x = np.asarray(equilibrium.defender_strategy)
     row_min = values.min(axis=1)

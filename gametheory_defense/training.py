@@ -59,7 +59,18 @@ if TYPE_CHECKING:
 
     DataLike = ArrayDataset | tuple[torch.Tensor, torch.Tensor]
 
-__all__ = ["METHODS", "OPTIMIZERS", "EpochStats", "TrainResult", "train", "accuracy", "default_eval_attack"]
+__all__ = [
+    "METHODS",
+    "OPTIMIZERS",
+    "TRAIN_SETTINGS",
+    "DEFAULT_EPOCHS",
+    "train_defaults",
+    "EpochStats",
+    "TrainResult",
+    "train",
+    "accuracy",
+    "default_eval_attack",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +78,22 @@ METHODS = ("standard", "pgd-at")
 OPTIMIZERS = ("adam", "sgd")
 SGD_MOMENTUM = 0.9
 DEFAULT_EVAL_STEPS = 20
+#: Epochs when a caller does not choose (``gtdefense train``, a run configuration's ``[[models]]``).
+DEFAULT_EPOCHS = 10
+#: Keyword arguments of :func:`train` that change the trained weights: the training recipe
+#: of a pipeline model (``[[models]]`` keys of the same names) and of ``gtdefense train``.
+TRAIN_SETTINGS: tuple[str, ...] = (
+    "method",
+    "epochs",
+    "eps",
+    "attack_steps",
+    "step_size",
+    "eps_warmup_epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "weight_decay",
+)
 _POSTFIX_EVERY = 10  # batches between progress-bar updates (each one syncs with the device)
 
 
@@ -505,6 +532,7 @@ def train(
         "momentum": SGD_MOMENTUM if optimizer == "sgd" else None,
         "weight_decay": float(weight_decay),
         "device": str(dev),
+        "torch_threads": int(torch.get_num_threads()),  # weights differ between thread counts
         "amp": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else False,
         "seed": int(generator.initial_seed()) if generator is not None else None,
         "train_size": int(n),
@@ -592,3 +620,20 @@ def train(
             )
     model.eval()
     return TrainResult(history=tuple(history), settings=settings)
+
+
+def train_defaults() -> dict[str, Any]:
+    """Default of every :data:`TRAIN_SETTINGS` entry, read from :func:`train`'s signature.
+
+    ``epochs`` (required by :func:`train`) defaults to :data:`DEFAULT_EPOCHS`. The run
+    configuration and the ``gtdefense train`` command take their defaults from here, so
+    they cannot drift from the function.
+    """
+    import inspect
+
+    params = inspect.signature(train).parameters
+    out: dict[str, Any] = {}
+    for name in TRAIN_SETTINGS:
+        default = params[name].default
+        out[name] = DEFAULT_EPOCHS if default is inspect.Parameter.empty else default
+    return out

@@ -1,6 +1,6 @@
 """Executors that run the payoff builder's tasks: in this process, or as Ray tasks.
 
-A task (:class:`payoff.builder.ColumnTask`) crafts one attack against one source model
+A task (:class:`payoff.tasks.ColumnTask`) crafts one attack against one source model
 and evaluates some defenders on the result (or measures clean accuracy), writing each
 finished cell to the :class:`~payoff.store.PayoffStore`. Cells are seeded from their
 identity, so both executors give the same matrix.
@@ -10,7 +10,7 @@ identity, so both executors give the same matrix.
 ``ray``
     One Ray task per builder task (Moritz et al., 2018, "Ray: a distributed framework for
     emerging AI applications"). Workers receive defenders as
-    :class:`~payoff.builder.DefenderSpec` (they load the checkpoint themselves) or, for
+    :class:`~payoff.tasks.DefenderSpec` (they load the checkpoint themselves) or, for
     in-memory models built by ``build_model``, as safetensors bytes of the ``state_dict``
     with the architecture and SAP settings; torch modules are never pickled. Each worker
     checks that the model it rebuilt has the identity the main process computed, and
@@ -30,15 +30,13 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from payoff.store import PayoffStore
-
-if TYPE_CHECKING:
-    from payoff.builder import BuildSettings, ColumnTask, DefenderSpec
+from payoff.tasks import BuildSettings, ColumnTask, DefenderSpec, defender_identity, execute_task
 
 __all__ = ["EXECUTORS", "run_tasks", "ModulePayload"]
 
@@ -109,8 +107,6 @@ def _run_serial(
     store: PayoffStore,
     on_cells: Callable[[int], None] | None,
 ) -> None:
-    from payoff.builder import execute_task
-
     callback = (lambda _key: on_cells(1)) if on_cells is not None else None
     for task in tasks:
         execute_task(task, get_model=models.__getitem__, attacks=attacks, x=x, y=y, settings=settings, store=store, on_cell=callback)
@@ -200,8 +196,6 @@ def _ray_task(
     store_root: str,
 ) -> int:
     """Body of one Ray task: load the defenders it needs, run the task, return the cells written."""
-    from payoff.builder import defender_identity, execute_task
-
     cache: dict[str, nn.Module] = {}
 
     def get_model(name: str) -> nn.Module:
@@ -233,7 +227,6 @@ def _run_ray(
     store: PayoffStore,
     on_cells: Callable[[int], None] | None,
 ) -> None:
-    from payoff.builder import defender_identity
     from payoff.store import MemoryStore
 
     unknown = set(ray_options) - _RAY_KEYS

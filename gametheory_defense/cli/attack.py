@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Add the ``attack`` subcommand."""
     from gametheory_defense.attacks import ATTACKS, LOSSES, NORMS
     from gametheory_defense.data import DATASETS
+    from gametheory_defense.sap import SAP_MODES
 
     p = subparsers.add_parser(
         "attack",
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--eot-samples", type=int, default=None,
                    help="gradient samples per step (Expectation over Transformation; default: the attack's)")
     p.add_argument("--sap-frac", type=float, default=None, help="add SAP with this draw fraction")
-    p.add_argument("--sap-mode", default="exact", choices=["exact", "fast"], help="SAP sampling mode (default exact)")
+    p.add_argument("--sap-mode", default="exact", choices=list(SAP_MODES), help="SAP sampling mode (default exact)")
     p.add_argument("--n", type=int, default=1000, help="attack the first N test images (default 1000)")
     p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
                    help="data set (default: the one recorded in the checkpoint)")

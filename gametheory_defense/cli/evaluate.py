@@ -22,9 +22,10 @@ log = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``evaluate`` subcommand."""
-    from gametheory_defense.attacks import ATTACKS
+    from gametheory_defense.attacks import ATTACKS, NORMS
     from gametheory_defense.data import DATASETS
     from gametheory_defense.evaluation import SUITES
+    from gametheory_defense.sap import SAP_MODES
 
     p = subparsers.add_parser(
         "evaluate",
@@ -43,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help=f"an attack to run (repeatable; one of {', '.join(sorted(ATTACKS))}); "
                         "--steps/--step-size/--eot-samples/--restarts/--loss apply to each")
     p.add_argument("--eps", type=float, default=0.3, help="threat-model radius in [0,1] input units (default 0.3)")
-    p.add_argument("--norm", default="linf", choices=["linf", "l2"], help="threat model (default linf)")
+    p.add_argument("--norm", default="linf", choices=list(NORMS), help="threat model (default linf)")
     p.add_argument("--steps", type=int, default=None, help="iterations of --attack attacks (default: the attack's)")
     p.add_argument("--step-size", type=float, default=None, help="step size of --attack attacks")
     p.add_argument("--eot-samples", type=int, default=None, help="EOT samples of --attack attacks")
@@ -51,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--loss", default=None, help="loss of --attack attacks (ce or cw)")
     p.add_argument("--sap-frac", type=float, default=None,
                    help="add Stochastic Activation Pruning with this fraction (to every member of an ensemble)")
-    p.add_argument("--sap-mode", default="exact", choices=["exact", "fast"], help="SAP sampling mode (default exact)")
+    p.add_argument("--sap-mode", default="exact", choices=list(SAP_MODES), help="SAP sampling mode (default exact)")
     p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
                    help="data set (default: the one recorded with the model)")
     p.add_argument("--data-dir", default=None, help="directory holding the data set files")

@@ -9,10 +9,12 @@ from pathlib import Path
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``run`` and ``demo``."""
+    from payoff.executors import EXECUTORS
+
     p.add_argument("--out", required=True, type=Path, help="output directory (must be empty unless --resume)")
     p.add_argument("--resume", action="store_true", help="reuse trained models, payoff cells and evaluations in --out")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    p.add_argument("--executor", choices=("serial", "ray"), default=None, help="payoff-cell executor (default: config)")
+    p.add_argument("--executor", choices=list(EXECUTORS), default=None, help="payoff-cell executor (default: config)")
     p.add_argument("--data-dir", default=None, help="directory holding the data set files (overrides the config)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
