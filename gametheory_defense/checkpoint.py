@@ -56,6 +56,8 @@ __all__ = [
     "checkpoint_paths",
     "weights_digest",
     "model_identity",
+    "sidecar_digest",
+    "SIDECAR_DIGEST",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,8 @@ FORMAT_VERSION = 1
 WEIGHTS_SUFFIX = ".safetensors"
 SIDECAR_SUFFIX = ".json"
 _CHUNK = 1 << 20
+#: Sidecar key holding the SHA-256 of the sidecar's other fields (see :func:`sidecar_digest`).
+SIDECAR_DIGEST = "sidecar_sha256"
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,18 @@ def _sha256_file(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------- hashing
+
+
+def sidecar_digest(meta: Mapping[str, Any]) -> str:
+    """SHA-256 of a sidecar's canonical JSON, every field but :data:`SIDECAR_DIGEST` itself.
+
+    Written into the sidecar by :func:`save_checkpoint` and checked by :func:`read_metadata`:
+    an edited field (``input_shape``, SAP ``frac``, the training recipe, ...) is an error
+    naming the file, never a silently different model.
+    """
+    body = {k: v for k, v in meta.items() if k != SIDECAR_DIGEST}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
@@ -315,7 +331,9 @@ def save_checkpoint(
         **fields,
         "library_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
+        "torch_threads": int(torch.get_num_threads()),  # trained weights differ between thread counts
     }
+    sidecar[SIDECAR_DIGEST] = sidecar_digest(sidecar)
     with _atomic_target(sidecar_path) as tmp:
         tmp.write_text(json.dumps(sidecar, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     log.info("saved checkpoint %s (%d tensors, sha256 %s)", weights_path, len(tensors), digest[:12])
@@ -378,6 +396,14 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{sidecar_path}: 'weights_sha256' must be 64 lowercase hex digits, got {sha!r}")
     if meta.get("sap") is not None:
         _validate_sap(meta["sap"], sidecar_path)
+    recorded = meta.get(SIDECAR_DIGEST)
+    if recorded is None:
+        log.warning("%s: no %s (written by an older version); its fields cannot be verified", sidecar_path, SIDECAR_DIGEST)
+    elif recorded != sidecar_digest(meta):
+        raise CheckpointError(
+            f"{sidecar_path}: the sidecar was edited after it was written (its fields do not match its "
+            f"{SIDECAR_DIGEST}); restore it or re-save the checkpoint with save_checkpoint"
+        )
     return meta
 
 

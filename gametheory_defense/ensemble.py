@@ -40,7 +40,15 @@ from gametheory_defense import __version__
 from gametheory_defense.errors import CheckpointError
 from gametheory_defense.stochastic import StochasticModule, use_generator
 
-__all__ = ["MixedStrategyModel", "SAMPLE_MODES", "MANIFEST", "FORMAT", "FORMAT_VERSION"]
+__all__ = [
+    "MixedStrategyModel",
+    "SAMPLE_MODES",
+    "MANIFEST",
+    "MANIFEST_DIGEST",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "manifest_digest",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,9 @@ FORMAT = "gametheory-defense/ensemble"
 FORMAT_VERSION = 1
 
 SampleMode = Literal["per-example", "per-batch", "expected"]
+
+#: Manifest key holding the SHA-256 of the manifest's other fields (:func:`manifest_digest`).
+MANIFEST_DIGEST = "manifest_sha256"
 
 _PROB_TOL = 1e-6
 _CHUNK = 1 << 20
@@ -83,6 +94,18 @@ def _validate_strategy(strategy: Sequence[float] | np.ndarray | torch.Tensor, n_
     p = p / total
     p.setflags(write=False)
     return p
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """SHA-256 of a manifest's canonical JSON, every field but :data:`MANIFEST_DIGEST` itself.
+
+    Covers what changes the ensemble's outputs (names, strategy, sampling mode, each
+    member's SAP settings, architecture and file digests) and its metadata (data set,
+    threat model): a hand-edited manifest is an error naming the file.
+    """
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_DIGEST}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _slug(name: str) -> str:
@@ -501,7 +524,9 @@ class MixedStrategyModel(StochasticModule):
                 "metadata": self.metadata,
                 "library_version": __version__,
                 "torch_version": torch.__version__.split("+")[0],
+                "torch_threads": int(torch.get_num_threads()),
             }
+            manifest[MANIFEST_DIGEST] = manifest_digest(manifest)
             text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
             with open(tmp / MANIFEST, "w", encoding="utf-8") as fh:
                 fh.write(text)
@@ -570,6 +595,14 @@ class MixedStrategyModel(StochasticModule):
             raise bad(f"format is {manifest.get('format')!r}, expected {FORMAT!r}")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise bad(f"format_version {manifest.get('format_version')!r} is not supported (this library reads {FORMAT_VERSION})")
+        recorded = manifest.get(MANIFEST_DIGEST)
+        if recorded is None:
+            log.warning("%s: no %s (written by an older version); its fields cannot be verified", mpath, MANIFEST_DIGEST)
+        elif recorded != manifest_digest(manifest):
+            raise bad(
+                f"the manifest was edited after it was written (its fields do not match its {MANIFEST_DIGEST}); "
+                "restore it or save the ensemble again"
+            )
         members = manifest.get("members")
         names = manifest.get("names")
         strategy = manifest.get("strategy")
