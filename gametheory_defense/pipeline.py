@@ -19,10 +19,8 @@ Steps, each resumable (finished work is written to ``out`` atomically and reused
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -32,11 +30,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from gametheory_defense import __version__
+from gametheory_defense import cache_keys
 from gametheory_defense.config import RunConfig, defender_names
 from gametheory_defense.errors import CheckpointError, ConfigError
 from gametheory_defense.provenance import environment, reproduce_command  # re-exported for callers
-from payoff.builder import cell_seed
+from gametheory_defense.rundir import LOCK_NAME, RunDirectory
+from payoff.tasks import cell_seed, data_digest, defender_identity
+
+#: Attacker/defender probabilities above this are the support (LP round-off left out).
+SUPPORT_TOL = 1e-6
+
+#: ``format`` of a cached evaluation (``OUT/robustness/NAME.json``).
+EVALUATION_FORMAT = "gametheory-defense/evaluation-cache"
 
 __all__ = [
     "RunResult",
@@ -76,12 +81,6 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _read_json(path: Path) -> Any | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -93,34 +92,49 @@ def _read_json(path: Path) -> Any | None:
 
 
 def _train_models(
-    config: RunConfig, out: Path, train_set: Any, eval_set: Any, *, device: torch.device, resume: bool, progress: bool
+    config: RunConfig,
+    out: Path | RunDirectory,
+    train_set: Any,
+    eval_set: Any,
+    *,
+    device: torch.device,
+    resume: bool,
+    progress: bool,
 ) -> dict[str, Path]:
     from gametheory_defense.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
     from gametheory_defense.models import build_model
     from gametheory_defense.training import train
 
-    models_dir = out / "models"
-    models_dir.mkdir(parents=True, exist_ok=True)
+    rd = out if isinstance(out, RunDirectory) else RunDirectory(out)
+    models_dir = rd.directory("models")
+    train_digest = data_digest(train_set.images, train_set.labels)
     paths: dict[str, Path] = {}
     for m in config.models:
         path = models_dir / m.name
         seed = m.seed if m.seed is not None else cell_seed(config.seed, "model", m.name)
-        recipe = {
-            "architecture": m.architecture,
-            "dataset": config.data.dataset,
-            "train_size": config.data.train_size,
-            "seed": seed,
-            **m.training_kwargs(),
-        }
-        sidecar = _read_json(checkpoint_paths(path)[1])  # NAME.json; names may contain dots ("pgd-at-0.3")
-        if resume and sidecar is not None and (sidecar.get("extra") or {}).get("recipe") == recipe:
-            try:
-                load_checkpoint(path)  # verifies the weights
-                log.info("reusing trained model %s", m.name)
-                paths[m.name] = path
-                continue
-            except CheckpointError as exc:
-                log.warning("retraining %s: %s", m.name, exc)
+        recipe = cache_keys.model_recipe(
+            architecture=m.architecture,
+            dataset=config.data.dataset,
+            train_size=config.data.train_size,
+            train_data=train_digest,
+            seed=seed,
+            training=m.training_kwargs(),
+        )
+        sidecar_path = checkpoint_paths(path)[1]  # NAME.json; names may contain dots ("pgd-at-0.3")
+        sidecar = _read_json(sidecar_path)
+        if resume and sidecar is not None:
+            stored = (sidecar.get("extra") or {}).get("recipe")
+            if stored == recipe:
+                try:
+                    load_checkpoint(path)  # verifies the sidecar's digest and the weights
+                    log.info("reusing trained model %s", m.name)
+                    paths[m.name] = path
+                    continue
+                except CheckpointError as exc:
+                    log.warning("retraining %s: %s", m.name, exc)
+            else:
+                changed = ", ".join(cache_keys.identity_changes(stored, recipe))
+                log.warning("%s: trained with another recipe (%s differ); retraining %s", sidecar_path, changed, m.name)
         gen = torch.Generator().manual_seed(seed)
         model = build_model(
             m.architecture, input_shape=tuple(train_set.input_shape), num_classes=train_set.num_classes, generator=gen
@@ -197,7 +211,7 @@ def load_defenders(specs: Mapping[str, Any], device: str | torch.device) -> dict
 
 def _run_double_oracle(
     config: RunConfig,
-    out: Path,
+    out: RunDirectory,
     matrix: Any,
     defenders: Mapping[str, torch.nn.Module],
     x: torch.Tensor,
@@ -210,12 +224,12 @@ def _run_double_oracle(
     from gametheory_defense.double_oracle import OracleResponse, double_oracle
     from gametheory_defense.ensemble import MixedStrategyModel
     from gametheory_defense.stochastic import is_stochastic, use_generator
-    from payoff.builder import cell_generator, correctness, data_digest, defender_identity, outcome_stats
-    from payoff.store import PayoffStore, canonical_json, cell_key
+    from payoff.builder import cell_generator, correctness, outcome_stats
+    from payoff.store import PayoffStore, canonical_json
 
     do = config.double_oracle
     attack = build_attack(do.attack, **do.params)
-    store = PayoffStore(out / "cells")
+    store = PayoffStore(out.directory("cells"))
     batch = config.game.batch_size
     digest = data_digest(x, y)
     identities = {name: defender_identity(m) for name, m in defenders.items()}
@@ -226,25 +240,25 @@ def _run_double_oracle(
         calls["n"] += 1
         names = list(current.defenders)
         probs = np.asarray(strategy, dtype=float)
-        support = [i for i, p in enumerate(probs) if p > 1e-9]
+        support = [i for i, p in enumerate(probs) if p > SUPPORT_TOL]
         mixture_id = {
             "members": [identities[names[i]] for i in support],
-            "strategy": [round(float(probs[i]), 9) for i in support],
+            "strategy": [float(probs[i]) for i in support],
         }
         cells = {}
         for dname in names:
             draws = config.game.repeats if is_stochastic(defenders[dname]) else 1
-            identity = {
-                "kind": "double-oracle",
-                "defender": identities[dname],
-                "mixture": mixture_id,
-                "attack": attack.config(),
-                "data": digest,
-                "seed": config.seed,
-                "draws": draws,
-                "batch_size": batch,
-            }
-            cells[dname] = (cell_key(identity), identity, draws)
+            identity = cache_keys.double_oracle_cell_identity(
+                defender=identities[dname],
+                members=mixture_id["members"],
+                strategy=mixture_id["strategy"],
+                attack=attack.config(),
+                data=digest,
+                seed=config.seed,
+                draws=draws,
+                batch_size=batch,
+            )
+            cells[dname] = (cache_keys.key_of(identity), identity, draws)
         records = {d: store.get(k, expected_shape=(dr, len(y))) for d, (k, _, dr) in cells.items()}
         if any(r is None for r in records.values()):
             mixture = MixedStrategyModel(
@@ -296,7 +310,7 @@ def _run_double_oracle(
 
 def _evaluate_models(
     config: RunConfig,
-    out: Path,
+    out: RunDirectory,
     models: Mapping[str, torch.nn.Module],
     x: torch.Tensor,
     y: torch.Tensor,
@@ -305,39 +319,46 @@ def _evaluate_models(
     resume: bool,
     progress: bool,
 ) -> dict[str, Any]:
-    """Run the adaptive suite on every model (the mixture first) on the same examples."""
+    """Run the adaptive suite on every model (the mixture first) on the same examples.
+
+    Each model's report is cached in ``robustness/NAME.json`` with its identity
+    (:func:`~gametheory_defense.cache_keys.evaluation_identity`) and a digest over key and
+    content; on resume it is reused only if both still match, else recomputed with a
+    warning naming the file.
+    """
     from gametheory_defense.evaluation import evaluate, suite
 
     ev = config.evaluation
-    cache_dir = out / "robustness"
-    cache_dir.mkdir(exist_ok=True)
+    out.directory("robustness")
+    digest = data_digest(x, y)
+    start = config.data.eval_offset
     results: dict[str, Any] = {"threat_model": {"norm": ev.norm, "eps": ev.eps}}
-    reports: dict[str, Any] = {}
     for name, model in models.items():
         # The suite adapts to the model: PGD/APGD (CE, CW, DLR) for deterministic models, EOT
         # versions for randomized ones, mixture-aware PGD and ARC for mixtures (docs/evaluation.md).
-        target = model
-        attacks = suite(ev.suite, eps=ev.eps, norm=ev.norm, model=target)
-        key_src = json.dumps(
-            {
-                "model": _model_identity(target),
-                "attacks": {k: a.config() for k, a in attacks.items()},
-                "repeats": ev.repeats,
-                **({"draws": ev.draws} if ev.draws != 1 else {}),
-                "seed": config.seed,
-                "n": len(y),
-            },
-            sort_keys=True,
+        attacks = suite(ev.suite, eps=ev.eps, norm=ev.norm, model=model)
+        seed = cell_seed(config.seed, "evaluate", name)
+        identity = cache_keys.evaluation_identity(
+            model=defender_identity(model),
+            attacks={k: a.config() for k, a in attacks.items()},
+            eps=ev.eps,
+            norm=ev.norm,
+            suite=ev.suite,
+            repeats=ev.repeats,
+            draws=ev.draws,
+            seed=seed,
+            data=digest,
+            data_range=[start, start + len(y)],
+            batch_size=config.game.batch_size,
         )
-        cache = cache_dir / f"{name}.json"
-        cached = _read_json(cache) if resume else None
-        if cached is not None and cached.get("key_src") == key_src:
+        rel = f"robustness/{name}.json"
+        report_dict = _cached_evaluation(out, rel, identity) if resume else None
+        if report_dict is not None:
             log.info("reusing adaptive evaluation of %s", name)
-            report_dict = cached["report"]
         else:
             log.info("adaptive evaluation of %s", name)
             report = evaluate(
-                target,
+                model,
                 (x, y),
                 attacks,
                 eps=ev.eps,
@@ -346,12 +367,22 @@ def _evaluate_models(
                 draws=ev.draws,
                 batch_size=config.game.batch_size,
                 device=device,
-                seed=cell_seed(config.seed, "evaluate", name),
+                seed=seed,
                 progress=progress,
             )
             report_dict = report.to_dict()
-            _write_json(cache, {"key_src": key_src, "report": report_dict})
-        reports[name] = report_dict
+            key = cache_keys.key_of(identity)
+            out.write_json(
+                rel,
+                {
+                    "format": EVALUATION_FORMAT,
+                    "key": key,
+                    "identity": identity,
+                    "report": report_dict,
+                    "torch_threads": torch.get_num_threads(),
+                    "digest": cache_keys.content_digest(key, {"identity": identity, "report": report_dict}),
+                },
+            )
         results[name] = {
             "clean_accuracy": report_dict["clean_accuracy"],
             "attacks": {a["name"]: a["accuracy"] for a in report_dict["attacks"]},
@@ -366,14 +397,27 @@ def _evaluate_models(
     return results
 
 
-def _model_identity(model: torch.nn.Module) -> str:
-    from gametheory_defense.checkpoint import model_identity
-    from gametheory_defense.ensemble import MixedStrategyModel
-
-    if isinstance(model, MixedStrategyModel):
-        parts = [model_identity(m) for m in model.members] + [repr([round(float(p), 12) for p in model.strategy])]
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()
-    return model_identity(model)
+def _cached_evaluation(out: RunDirectory, rel: str, identity: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The cached report at ``rel`` if it was computed for ``identity`` and is unedited, else ``None``."""
+    path = out.path(rel)
+    if not path.exists():
+        return None
+    cached = _read_json(path)
+    key = cache_keys.key_of(identity)
+    reason = None
+    if not isinstance(cached, dict) or cached.get("format") != EVALUATION_FORMAT:
+        reason = "not an evaluation cache of this version"
+    elif cached.get("key") != key:
+        changed = cache_keys.identity_changes(cached.get("identity"), identity)
+        reason = f"computed for another configuration ({', '.join(changed)} differ)"
+    elif cache_keys.key_of(cached.get("identity") or {}) != key or cached.get("digest") != cache_keys.content_digest(
+        key, {"identity": cached.get("identity"), "report": cached.get("report")}
+    ):
+        reason = "edited or corrupt (its content does not match its digest)"
+    if reason is not None:
+        log.warning("%s: %s; recomputing", path, reason)
+        return None
+    return cached["report"]
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -382,9 +426,41 @@ def _model_identity(model: torch.nn.Module) -> str:
 def _check_out_dir(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not resume:
+    if out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()) and not resume:
         raise ConfigError(f"--out {out}: directory is not empty; pass --resume to continue that run or choose a new one")
-    out.mkdir(parents=True, exist_ok=True)
+
+
+# Which outputs each part of the configuration feeds (to say what a changed config recomputes).
+_FEEDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("seed", ("models", "payoff cells", "double oracle", "evaluations")),
+    ("data.dataset", ("models", "payoff cells", "double oracle", "evaluations")),
+    ("data.train_size", ("models", "payoff cells", "double oracle", "evaluations")),
+    ("data.eval_", ("payoff cells", "double oracle", "evaluations")),
+    ("models", ("models", "payoff cells", "double oracle", "evaluations")),
+    ("defenders", ("payoff cells", "double oracle", "evaluations")),
+    ("attackers", ("payoff cells", "double oracle", "evaluations")),
+    ("game.solver", ("equilibrium", "double oracle", "evaluations")),
+    ("game.select", ("equilibrium", "double oracle", "evaluations")),
+    ("game.batch_size", ("payoff cells", "double oracle", "evaluations")),
+    ("game.", ("payoff cells", "double oracle", "evaluations")),
+    ("evaluation", ("evaluations",)),
+    ("double_oracle", ("double oracle", "evaluations")),
+)
+
+
+def _recomputed(changes: Sequence[str]) -> list[str]:
+    """The outputs a list of config changes (``"key: old -> new"``) recomputes, in pipeline order."""
+    order = ["models", "payoff cells", "equilibrium", "double oracle", "evaluations"]
+    hit: set[str] = set()
+    for change in changes:
+        key = change.split(":", 1)[0]
+        for prefix, feeds in _FEEDS:
+            if key.startswith(prefix):
+                hit.update(feeds)
+                if "payoff cells" in feeds:
+                    hit.add("equilibrium")
+                break
+    return [o for o in order if o in hit]
 
 
 def run_pipeline(
@@ -400,6 +476,11 @@ def run_pipeline(
 ) -> RunResult:
     """Train, build the payoff matrix, solve, save the ensemble, evaluate adaptively, report.
 
+    The run holds an exclusive lock on ``out`` (a second process gets
+    :class:`~gametheory_defense.rundir.RunLockedError`), writes only inside ``out`` and
+    never through symbolic links, and reuses an artefact only when its cache key and
+    digest match (``docs/reliability.md``).
+
     Parameters
     ----------
     config : RunConfig
@@ -407,7 +488,9 @@ def run_pipeline(
     out : path
         Output directory; must be empty unless ``resume`` is true.
     resume : bool
-        Reuse trained models, finished payoff cells and finished evaluations found in ``out``.
+        Reuse trained models, finished payoff cells and finished evaluations found in
+        ``out`` (those computed for this configuration and unedited); a changed
+        configuration is logged with what it recomputes.
     device : str
         ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
     executor : {"serial", "ray"}, optional
@@ -417,6 +500,29 @@ def run_pipeline(
     command : sequence of str, optional
         The command line that reproduces this run (written into the report).
     """
+    out = Path(out)
+    dev = resolve_device(device)
+    if executor is not None:
+        config = dataclasses.replace(config, game=dataclasses.replace(config.game, executor=executor))
+    if data_dir is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=data_dir))
+    _check_out_dir(out, resume)
+    rd = RunDirectory(out)
+    shown = " ".join(command) if command else reproduce_command()
+    with rd.lock(command=shown):
+        _check_out_dir(out, resume)  # again, now that no other process can write
+        return _run_locked(config, rd, resume=resume, dev=dev, command=command, progress=progress)
+
+
+def _run_locked(
+    config: RunConfig,
+    rd: RunDirectory,
+    *,
+    resume: bool,
+    dev: torch.device,
+    command: Sequence[str] | None,
+    progress: bool,
+) -> RunResult:
     from gametheory_defense.data import load_dataset
     from gametheory_defense.ensemble import MixedStrategyModel
     from gametheory_defense.plots import plot_convergence, plot_payoff
@@ -425,14 +531,27 @@ def run_pipeline(
 
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
-    out = Path(out)
-    dev = resolve_device(device)
-    _check_out_dir(out, resume)
-    if executor is not None:
-        config = dataclasses.replace(config, game=dataclasses.replace(config.game, executor=executor))
-    if data_dir is not None:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=data_dir))
-    _write_json(out / "config.json", config.to_dict())
+    out = rd.root
+    env = environment()
+    previous_env = rd.previous_environment()
+    changes = rd.record_config(config.to_dict(), command=" ".join(command) if command else None, environment=env)
+    if resume and changes:
+        log.warning("resume: the configuration changed since the last run: %s", "; ".join(changes))
+        log.warning(
+            "resume: recomputing what depends on it: %s (the rest is reused)", ", ".join(_recomputed(changes)) or "nothing"
+        )
+    if resume and previous_env and previous_env.get("torch_threads") not in (None, env["torch_threads"]):
+        log.warning(
+            "resume: this directory was written with %s torch threads, this process uses %s; reused models and "
+            "results are those of %s threads (a fresh run may differ in the last bits: docs/reliability.md)",
+            previous_env["torch_threads"], env["torch_threads"], previous_env["torch_threads"],
+        )
+    for sub in ("ensemble", "ensemble_double_oracle"):  # a linked sub-directory is refused before any work
+        if (out / sub).is_symlink():
+            raise ConfigError(
+                f"{out / sub}: is a symbolic link; a run directory's sub-directories must be its own "
+                "(remove the link, or copy what it points to into place)"
+            )
 
     # 1. data and base models
     t = time.perf_counter()
@@ -448,7 +567,7 @@ def run_pipeline(
     idx = list(range(d.eval_offset, d.eval_offset + d.eval_size))
     eval_set = test_set.subset(idx)
     x_eval, y_eval = eval_set.images, eval_set.labels
-    model_paths = _train_models(config, out, train_set, eval_set, device=dev, resume=resume, progress=progress)
+    model_paths = _train_models(config, rd, train_set, eval_set, device=dev, resume=resume, progress=progress)
     seconds["train"] = time.perf_counter() - t
 
     # 2. payoff matrix
@@ -462,6 +581,9 @@ def run_pipeline(
         if config.game.executor == "ray"
         else None
     )
+    store = rd.directory("cells")
+    for sub in ("cells/cells", "cells/runs"):
+        rd.directory(sub)
     matrix = build_payoff_matrix(
         specs,
         attackers,
@@ -470,28 +592,28 @@ def run_pipeline(
         sources=config.game.sources,
         repeats=config.game.repeats,
         seed=config.seed,
-        store=out / "cells",
+        store=store,
         executor=config.game.executor,
         ray_options=ray_options,
         batch_size=config.game.batch_size,
         device=str(dev),
         progress=progress,
     )
-    matrix.to_json(out / "payoff.json")
+    rd.write_with("payoff.json", matrix.to_json)
     with warnings.catch_warnings():  # the CSV is the values-only view; payoff.json keeps everything
         warnings.simplefilter("ignore", UserWarning)
-        matrix.to_csv(out / "payoff.csv")
+        rd.write_with("payoff.csv", matrix.to_csv)
     seconds["payoff"] = time.perf_counter() - t
 
     # 3. solve, plot, ensemble
     t = time.perf_counter()
     eq = solve_zero_sum(matrix, config.game.solver, select=config.game.select)
-    _write_json(out / "equilibrium.json", eq.to_dict())
+    rd.write_json("equilibrium.json", eq.to_dict())
     fig = plot_payoff(matrix, eq)
-    fig.savefig(out / "payoff.png", dpi=120, bbox_inches="tight")
+    rd.write_with("payoff.png", lambda p: fig.savefig(p, dpi=120, bbox_inches="tight"))
     _close(fig)
     defenders = load_defenders(specs, dev)
-    ensemble = MixedStrategyModel.from_equilibrium(eq, defenders)
+    ensemble = _ensemble(eq, defenders, config)
     ensemble.save(out / "ensemble", overwrite=True)
     seconds["solve"] = time.perf_counter() - t
 
@@ -499,13 +621,13 @@ def run_pipeline(
     do_result = None
     if config.double_oracle.enabled:
         t = time.perf_counter()
-        do_result = _run_double_oracle(config, out, matrix, defenders, x_eval, y_eval, device=dev, progress=progress)
-        do_result.matrix.to_json(out / "double_oracle_payoff.json")
-        _write_json(out / "double_oracle.json", _do_summary(do_result))
+        do_result = _run_double_oracle(config, rd, matrix, defenders, x_eval, y_eval, device=dev, progress=progress)
+        rd.write_with("double_oracle_payoff.json", do_result.matrix.to_json)
+        rd.write_json("double_oracle.json", _do_summary(do_result))
         fig = plot_convergence(do_result.history)
-        fig.savefig(out / "double_oracle.png", dpi=120, bbox_inches="tight")
+        rd.write_with("double_oracle.png", lambda p: fig.savefig(p, dpi=120, bbox_inches="tight"))
         _close(fig)
-        do_ensemble = MixedStrategyModel.from_equilibrium(do_result.equilibrium, defenders)
+        do_ensemble = _ensemble(do_result.equilibrium, defenders, config)
         do_ensemble.save(out / "ensemble_double_oracle", overwrite=True)
         seconds["double_oracle"] = time.perf_counter() - t
 
@@ -517,30 +639,52 @@ def run_pipeline(
         n_eval = min(n_eval, len(y_eval))
         models: dict[str, torch.nn.Module] = {"mixture": ensemble}
         if do_result is not None and (do_result.added_attackers or do_result.added_defenders):
-            models["mixture-double-oracle"] = MixedStrategyModel.from_equilibrium(do_result.equilibrium, defenders)
+            models["mixture-double-oracle"] = _ensemble(do_result.equilibrium, defenders, config)
         wanted = config.evaluation.models
         models.update({k: v for k, v in defenders.items() if wanted is None or k in wanted})
         robustness = _evaluate_models(
-            config, out, models, x_eval[:n_eval], y_eval[:n_eval], device=dev, resume=resume, progress=progress
+            config, rd, models, x_eval[:n_eval], y_eval[:n_eval], device=dev, resume=resume, progress=progress
         )
-        _write_json(out / "robustness.json", robustness)
+        rd.write_json("robustness.json", robustness)
         seconds["evaluation"] = time.perf_counter() - t
 
     seconds["total"] = time.perf_counter() - t_start
-    from gametheory_defense.report import write_report
+    from gametheory_defense.report import render_report
 
-    write_report(
-        out / "report.md",
-        config=config,
-        matrix=matrix,
-        equilibrium=eq,
-        robustness=robustness,
-        double_oracle=do_result,
-        seconds=seconds,
-        device=str(dev),
-        command=list(command) if command is not None else None,
+    rd.write_text(
+        "report.md",
+        render_report(
+            config=config,
+            matrix=matrix,
+            equilibrium=eq,
+            robustness=robustness,
+            double_oracle=do_result,
+            seconds=seconds,
+            device=str(dev),
+            command=list(command) if command is not None else None,
+        ),
     )
     return RunResult(out=out, matrix=matrix, equilibrium=eq, robustness=robustness, double_oracle=do_result, seconds=seconds)
+
+
+def _ensemble(eq: Any, defenders: Mapping[str, torch.nn.Module], config: RunConfig) -> Any:
+    """The equilibrium mixture, recording the data set and threat model it was built for.
+
+    ``gtdefense evaluate OUT/ensemble`` reads the data set from here.
+    """
+    from gametheory_defense.ensemble import MixedStrategyModel
+
+    ensemble = MixedStrategyModel.from_equilibrium(eq, defenders, atol=SUPPORT_TOL)
+    d, ev = config.data, config.evaluation
+    ensemble.metadata.update(
+        {
+            "dataset": d.dataset,
+            "threat_model": {"norm": ev.norm, "eps": ev.eps},
+            "data": {"split": "test", "offset": d.eval_offset, "size": d.eval_size},
+            "run": config.name,
+        }
+    )
+    return ensemble
 
 
 def _close(fig: Any) -> None:

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gametheory_defense.cache_keys import payoff_cell_identity
 from payoff.executors import EXECUTORS, run_tasks
 from payoff.matrix import PayoffMatrix
 from payoff.store import MemoryStore, PayoffStore, canonical_json, cell_key
@@ -89,8 +90,6 @@ log = logging.getLogger(__name__)
 #: The games :func:`build_payoff_matrix` can build.
 FORMULATIONS: tuple[str, ...] = ("self", "transfer")
 
-#: Version of the cell computation; part of every store key (bump when results change).
-_CELL_VERSION = 1
 
 
 # --------------------------------------------------------------------------- helpers
@@ -104,6 +103,7 @@ def _versions() -> dict[str, str]:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
+        "torch_threads": str(torch.get_num_threads()),
     }
 
 
@@ -281,18 +281,18 @@ def build_payoff_matrix(
     def draws_of(*names: str) -> int:
         return repeats if any(stoch[k] for k in names) else 1
 
-    base = {"version": _CELL_VERSION, "data": digest, "seed": seed, "batch_size": batch_size}
-
     def adv_identity(defender: str, attack: str, source: str) -> dict[str, Any]:
-        return {
-            **base,
-            "kind": "adversarial",
-            "defender": ident[defender],
-            "attack": json.loads(attack_cfg[attack]),
-            "source": ident[source],
-            "draws": draws_of(defender, source),
-            "source_draws": draws_of(source),
-        }
+        return payoff_cell_identity(
+            "adversarial",
+            data=digest,
+            seed=seed,
+            batch_size=batch_size,
+            defender=ident[defender],
+            attack=json.loads(attack_cfg[attack]),
+            source=ident[source],
+            draws=draws_of(defender, source),
+            source_draws=draws_of(source),
+        )
 
     # ----- plan: columns, cells, tasks
     if formulation == "self":
@@ -318,7 +318,9 @@ def build_payoff_matrix(
     clean_jobs: list[CellJob] = []
     clean_keys: dict[str, str] = {}
     for d in defs:
-        identity = {**base, "kind": "clean", "defender": ident[d], "draws": draws_of(d)}
+        identity = payoff_cell_identity(
+            "clean", data=digest, seed=seed, batch_size=batch_size, defender=ident[d], draws=draws_of(d)
+        )
         key = cell_key(identity)
         clean_keys[d] = key
         clean_jobs.append(CellJob(d, ident[d], key, identity, identity["draws"]))
