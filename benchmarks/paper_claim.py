@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from gametheory_defense.config import defender_names, load_config
+from gametheory_defense.identity import support_indices
 from gametheory_defense.pipeline import cell_seed, run_pipeline
 from gametheory_defense.provenance import environment
 from gametheory_defense.report import pct
@@ -257,7 +258,7 @@ def fixed_mixtures(self_res, config, device, specs, best_at: str, n: int, out: P
         payoffs = x @ np.asarray(m.values)
         j = int(np.argmin(payoffs))
         results[name] = {
-            "weights": {r: float(w) for r, w in zip(m.defenders, x) if w > 1e-6},  # solver round-off left out
+            "weights": {m.defenders[i]: float(x[i]) for i in support_indices(x)},  # solver round-off left out
             "paper_protocol": float(payoffs[j]),
             "paper_protocol_attack": m.attackers[j],
             "paper_protocol_stderr": strategy_stderr(m, x, [j]),
@@ -416,7 +417,7 @@ def main() -> int:
     def support(res) -> str:
         x = np.asarray(res.equilibrium.defender_strategy)
         names = res.matrix.defenders
-        return ", ".join(f"`{names[i]}` {x[i]:.3f}" for i in np.argsort(-x) if x[i] > 1e-6)
+        return ", ".join(f"`{names[i]}` {x[i]:.3f}" for i in sorted(support_indices(x), key=lambda i: -x[i]))
 
     lines = [
         f"# Results: {config.name}",

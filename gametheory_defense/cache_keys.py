@@ -19,20 +19,24 @@ still matches the digest written with it. The rules:
   norm, suite, repeats, draws, the evaluation seed, the data digest and the image range,
   and the batch size.
 
-Defender identities and data digests come from the payoff task model
-(:mod:`payoff.tasks`); see ``docs/reliability.md`` for what each guarantees.
+This module extends :mod:`gametheory_defense.identity` (which owns model, mixture and data
+identities, digests, seeds and ``SUPPORT_TOL``): identities say *what* a model or data set
+is, the keys here say *which result* an artefact holds. Bumping
+:data:`~gametheory_defense.identity.IDENTITY_VERSION` changes every identity and so every key
+below; bumping :data:`RESULT_VERSION` changes every key without touching identities. See
+``docs/reliability.md`` for what each key guarantees.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gametheory_defense.identity import canonical_json, digest
+
 __all__ = [
     "RESULT_VERSION",
-    "canonical_json",
     "key_of",
     "content_digest",
     "identity_changes",
@@ -47,14 +51,9 @@ __all__ = [
 RESULT_VERSION = 1
 
 
-def canonical_json(obj: Any) -> str:
-    """Canonical JSON (sorted keys, no spaces, no NaN) of ``obj``: the text that is hashed."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
 def key_of(identity: Mapping[str, Any]) -> str:
-    """The cache key of an identity: SHA-256 (hex) of its canonical JSON."""
-    return hashlib.sha256(canonical_json(dict(identity)).encode("utf-8")).hexdigest()
+    """The cache key of an identity: SHA-256 (hex) of its canonical JSON (as :func:`payoff.store.cell_key`)."""
+    return digest(dict(identity))
 
 
 def content_digest(key: str, content: Any) -> str:
@@ -113,8 +112,7 @@ def payoff_cell_identity(
 def double_oracle_cell_identity(
     *,
     defender: str,
-    members: Sequence[str],
-    strategy: Sequence[float],
+    mixture: str,
     attack: Mapping[str, Any],
     data: str,
     seed: int,
@@ -123,14 +121,14 @@ def double_oracle_cell_identity(
 ) -> dict[str, Any]:
     """Identity of a double-oracle cell: ``defender`` on an attack crafted against a mixture.
 
-    ``members`` are the identities of the mixture's support and ``strategy`` their exact
-    probabilities.
+    ``mixture`` is the :func:`~gametheory_defense.identity.mixture_identity` of the mixture
+    (its support's member identities, exact renormalised probabilities, sampling mode).
     """
     return {
         "version": RESULT_VERSION,
         "kind": "double-oracle",
         "defender": defender,
-        "mixture": {"members": list(members), "strategy": [float(p) for p in strategy]},
+        "mixture": mixture,
         "attack": dict(attack),
         "data": data,
         "seed": int(seed),

@@ -38,6 +38,7 @@ from torch import nn
 
 from gametheory_defense import __version__
 from gametheory_defense.errors import CheckpointError
+from gametheory_defense.identity import SUPPORT_TOL
 from gametheory_defense.stochastic import StochasticModule, use_generator
 
 __all__ = [
@@ -363,7 +364,7 @@ class MixedStrategyModel(StochasticModule):
         eq: Any,
         defenders: Mapping[str, nn.Module | Any],
         *,
-        atol: float = 1e-6,
+        atol: float = SUPPORT_TOL,
         sample: SampleMode | str = "per-example",
     ) -> MixedStrategyModel:
         """The defender's equilibrium mixture of a solved game (von Neumann, 1928) as a model.
@@ -377,7 +378,7 @@ class MixedStrategyModel(StochasticModule):
         defenders : Mapping[str, nn.Module or DefenderSpec]
             Models by the names of the game's rows. Only the support (probability
             ``> atol``) must be present; a ``DefenderSpec`` is loaded on the CPU.
-        atol : float, default 1e-6
+        atol : float, default :data:`~gametheory_defense.identity.SUPPORT_TOL` (1e-6)
             Probabilities ``<= atol`` are dropped and the rest renormalised. LP solvers
             leave round-off of about their feasibility tolerance (HiGHS: 1e-7) on rows
             outside the support; keeping such a member would change nothing at inference

@@ -33,12 +33,9 @@ import torch
 from gametheory_defense import cache_keys
 from gametheory_defense.config import RunConfig, defender_names
 from gametheory_defense.errors import CheckpointError, ConfigError
+from gametheory_defense.identity import SUPPORT_TOL, cell_seed, data_digest, defender_identity
 from gametheory_defense.provenance import environment, reproduce_command  # re-exported for callers
 from gametheory_defense.rundir import LOCK_NAME, RunDirectory
-from payoff.tasks import cell_seed, data_digest, defender_identity
-
-#: Attacker/defender probabilities above this are the support (LP round-off left out).
-SUPPORT_TOL = 1e-6
 
 #: ``format`` of a cached evaluation (``OUT/robustness/NAME.json``).
 EVALUATION_FORMAT = "gametheory-defense/evaluation-cache"
@@ -224,8 +221,9 @@ def _run_double_oracle(
     from gametheory_defense.double_oracle import OracleResponse, double_oracle
     from gametheory_defense.ensemble import MixedStrategyModel
     from gametheory_defense.stochastic import is_stochastic, use_generator
-    from payoff.builder import cell_generator, correctness, outcome_stats
-    from payoff.store import PayoffStore, canonical_json
+    from gametheory_defense.identity import canonical_json, cell_generator, mixture_identity, support_indices
+    from payoff.builder import correctness, outcome_stats
+    from payoff.store import PayoffStore
 
     do = config.double_oracle
     attack = build_attack(do.attack, **do.params)
@@ -240,18 +238,15 @@ def _run_double_oracle(
         calls["n"] += 1
         names = list(current.defenders)
         probs = np.asarray(strategy, dtype=float)
-        support = [i for i, p in enumerate(probs) if p > SUPPORT_TOL]
-        mixture_id = {
-            "members": [identities[names[i]] for i in support],
-            "strategy": [float(probs[i]) for i in support],
-        }
+        support = support_indices(probs)
+        weights = probs[support] / probs[support].sum()  # as the ensemble renormalises them
+        mixture_id = mixture_identity([identities[names[i]] for i in support], weights, "per-example")
         cells = {}
         for dname in names:
             draws = config.game.repeats if is_stochastic(defenders[dname]) else 1
             identity = cache_keys.double_oracle_cell_identity(
                 defender=identities[dname],
-                members=mixture_id["members"],
-                strategy=mixture_id["strategy"],
+                mixture=mixture_id,
                 attack=attack.config(),
                 data=digest,
                 seed=config.seed,
@@ -262,9 +257,9 @@ def _run_double_oracle(
         records = {d: store.get(k, expected_shape=(dr, len(y))) for d, (k, _, dr) in cells.items()}
         if any(r is None for r in records.values()):
             mixture = MixedStrategyModel(
-                [defenders[names[i]] for i in support], probs[support], names=[names[i] for i in support]
+                [defenders[names[i]] for i in support], weights, names=[names[i] for i in support]
             )
-            gen = cell_generator(config.seed, "double-oracle", canonical_json(mixture_id), canonical_json(attack.config()))
+            gen = cell_generator(config.seed, "double-oracle", mixture_id, canonical_json(attack.config()))
             with use_generator(mixture, gen):
                 x_adv = torch.cat(
                     [attack(mixture, x[i : i + batch], y[i : i + batch], generator=gen).cpu() for i in range(0, len(y), batch)]

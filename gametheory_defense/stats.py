@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm as _normal
 
+from gametheory_defense.identity import SUPPORT_TOL
+
 __all__ = [
     "Interval",
     "PairedDifference",
@@ -39,8 +41,6 @@ __all__ = [
     "robustness_curve",
 ]
 
-#: Attacker probabilities above this are the binding columns of the game value.
-_SUPPORT_TOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def strategy_stderr(stderr: Any, strategy: Sequence[float] | np.ndarray, columns
     return float(max(math.sqrt(float(np.sum(x**2 * se[:, j] ** 2))) for j in cols))
 
 
-def game_value_stderr(matrix: Any, equilibrium: Any, *, tol: float = _SUPPORT_TOL) -> float:
+def game_value_stderr(matrix: Any, equilibrium: Any, *, tol: float = SUPPORT_TOL) -> float:
     """Standard error of the game value from the cells of the attacker's binding columns.
 
     Parameters
@@ -145,7 +145,8 @@ def game_value_stderr(matrix: Any, equilibrium: Any, *, tol: float = _SUPPORT_TO
     equilibrium : Equilibrium
         Its solution (``defender_strategy``, ``attacker_strategy``).
     tol : float
-        Attacker probabilities above ``tol`` form the support.
+        Attacker probabilities above ``tol`` (default :data:`~gametheory_defense.identity.SUPPORT_TOL`)
+        are the binding columns.
     """
     if getattr(matrix, "stderr", None) is None:
         return float("nan")

@@ -59,19 +59,16 @@ from torch import nn
 from gametheory_defense.cache_keys import payoff_cell_identity
 from payoff.executors import EXECUTORS, run_tasks
 from payoff.matrix import PayoffMatrix
-from payoff.store import MemoryStore, PayoffStore, canonical_json, cell_key
-from payoff.tasks import (
-    BuildSettings,
-    CellJob,
-    ColumnTask,
-    DefenderSpec,
+from gametheory_defense.identity import (
+    canonical_json,
     cell_generator,
     cell_seed,
-    correctness,
+    check_distinct,
     data_digest,
     defender_identity,
-    outcome_stats,
 )
+from payoff.store import MemoryStore, PayoffStore, cell_key
+from payoff.tasks import BuildSettings, CellJob, ColumnTask, DefenderSpec, correctness, outcome_stats
 
 __all__ = [
     "DefenderSpec",
@@ -271,12 +268,7 @@ def build_payoff_matrix(
             models[name] = d.to(device)
     ident = {name: defender_identity(m) for name, m in models.items()}
     stoch = {name: is_stochastic(m) for name, m in models.items()}
-    dup = {}
-    for name, i in ident.items():
-        dup.setdefault(i, []).append(name)
-    for names in dup.values():
-        if len(names) > 1:
-            warnings.warn(f"defenders {names} are the same model (identical weights and SAP settings)", stacklevel=2)
+    check_distinct(ident, defs)  # two different models must never share one set of results
 
     def draws_of(*names: str) -> int:
         return repeats if any(stoch[k] for k in names) else 1

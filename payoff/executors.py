@@ -35,8 +35,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from gametheory_defense.identity import defender_identity
 from payoff.store import PayoffStore
-from payoff.tasks import BuildSettings, ColumnTask, DefenderSpec, defender_identity, execute_task
+from payoff.tasks import BuildSettings, ColumnTask, DefenderSpec, execute_task
 
 __all__ = ["EXECUTORS", "run_tasks", "ModulePayload"]
 

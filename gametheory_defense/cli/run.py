@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def execute(config_path: Path, args: argparse.Namespace, command: list[str]) -> int:
     from gametheory_defense.config import load_config
+    from gametheory_defense.identity import support_indices
     from gametheory_defense.pipeline import run_pipeline
     from gametheory_defense.report import pct
 
@@ -48,9 +49,8 @@ def execute(config_path: Path, args: argparse.Namespace, command: list[str]) -> 
     )
     eq = result.equilibrium
     print(f"game value (configured attackers): {pct(eq.value)}   exploitability {eq.exploitability:.1e}")
-    for name, p in zip(eq.defenders, eq.defender_strategy):
-        if p > 1e-6:  # the support, as the ensemble keeps it (LP round-off left out)
-            print(f"  {p:7.4f}  {name}")
+    for i in support_indices(eq.defender_strategy):  # as the ensemble keeps it (LP round-off left out)
+        print(f"  {eq.defender_strategy[i]:7.4f}  {eq.defenders[i]}")
     if result.robustness is not None:
         r = result.robustness
         print("adaptive worst case: " + ", ".join(
