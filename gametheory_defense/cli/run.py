@@ -35,6 +35,7 @@ def execute(config_path: Path, args: argparse.Namespace, command: list[str]) -> 
     from gametheory_defense.identity import support_indices
     from gametheory_defense.pipeline import run_pipeline
     from gametheory_defense.report import pct
+    from gametheory_defense.stats import game_value_interval
 
     config = load_config(config_path)
     result = run_pipeline(
@@ -48,7 +49,9 @@ def execute(config_path: Path, args: argparse.Namespace, command: list[str]) -> 
         progress=not args.no_progress,
     )
     eq = result.equilibrium
-    print(f"game value (configured attackers): {pct(eq.value)}   exploitability {eq.exploitability:.1e}")
+    iv = game_value_interval(result.matrix, eq)
+    ci = f" (95% CI [{pct(iv.low)}, {pct(iv.high)}])" if iv.low == iv.low else ""  # nan: no stderr
+    print(f"game value (configured attackers): {pct(eq.value)}{ci}   exploitability {eq.exploitability:.1e}")
     for i in support_indices(eq.defender_strategy):  # as the ensemble keeps it (LP round-off left out)
         print(f"  {eq.defender_strategy[i]:7.4f}  {eq.defenders[i]}")
     if result.robustness is not None:
