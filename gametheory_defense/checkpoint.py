@@ -46,7 +46,7 @@ from torch import nn
 
 from gametheory_defense import __version__
 from gametheory_defense.errors import CheckpointError
-from gametheory_defense.identity import model_identity
+from gametheory_defense.identity import digest, model_identity
 
 __all__ = [
     "FORMAT",
@@ -159,9 +159,7 @@ def sidecar_digest(meta: Mapping[str, Any]) -> str:
     an edited field (``input_shape``, SAP ``frac``, the training recipe, ...) is an error
     naming the file, never a silently different model.
     """
-    body = {k: v for k, v in meta.items() if k != SIDECAR_DIGEST}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return digest({k: v for k, v in meta.items() if k != SIDECAR_DIGEST})
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:

@@ -38,7 +38,7 @@ from torch import nn
 
 from gametheory_defense import __version__
 from gametheory_defense.errors import CheckpointError
-from gametheory_defense.identity import SUPPORT_TOL
+from gametheory_defense.identity import SUPPORT_TOL, digest
 from gametheory_defense.stochastic import StochasticModule, use_generator
 
 __all__ = [
@@ -104,9 +104,7 @@ def manifest_digest(manifest: Mapping[str, Any]) -> str:
     member's SAP settings, architecture and file digests) and its metadata (data set,
     threat model): a hand-edited manifest is an error naming the file.
     """
-    body = {k: v for k, v in manifest.items() if k != MANIFEST_DIGEST}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return digest({k: v for k, v in manifest.items() if k != MANIFEST_DIGEST})
 
 
 def _slug(name: str) -> str:
