@@ -45,13 +45,16 @@ from gametheory_defense.solvers._core import (
     SOLVERS,
     STATUSES,
     TIME_LIMIT,
+    Certificate,
     Equilibrium,
     SolverOutput,
     as_game,
+    certify,
     check_options,
     clean_strategy,
     exploitability,
     normalise_output,
+    payoff_scale,
     register_solver,
     resolve_method,
 )
@@ -76,6 +79,9 @@ __all__ = [
     "SOLVERS",
     "register_solver",
     "exploitability",
+    "certify",
+    "Certificate",
+    "payoff_scale",
     "SELECTIONS",
     "STATUSES",
     "OPTIMAL",
@@ -123,9 +129,10 @@ def solve_zero_sum(
 
     Parameters
     ----------
-    matrix : payoff.PayoffMatrix or array_like, shape (m, n)
+    matrix : payoff.PayoffMatrix, array_like or scipy.sparse matrix, shape (m, n)
         Rows are defenders (the maximizer), columns attackers, entries the defender's
         payoff. A plain array may hold any finite reals; names default to ``d0..``/``a0..``.
+        Sparse matrices are densified (every method works on a dense array).
     method : str or callable
         A name in :data:`SOLVERS` (``"lp"`` by default) or a callable
         ``fn(A, *, tol) -> SolverOutput | (x, y)``.
@@ -133,16 +140,20 @@ def solve_zero_sum(
         Which of the defender's optimal strategies to return when the optimum is not unique
         (see :mod:`gametheory_defense.solvers.selection`). ``value`` is not changed by it.
     tol : float
-        Exploitability target: iterative methods stop there, exact methods are reported
-        ``"inaccurate"`` (with a warning) if their certificate misses it.
+        Exploitability target **relative to the payoff scale** ``max A - min A``
+        (:func:`payoff_scale`): methods receive the absolute target ``tol * (max A - min A)``;
+        iterative methods stop there, and an answer whose computed duality gap misses it is
+        reported ``"inaccurate"`` (with a warning). Relative, so that a game and the same game
+        times ``1e-15`` or ``1e10`` are solved alike.
     **options
-        Method-specific keywords, e.g. ``max_iterations``/``time_limit``/``progress`` for
-        the iterative methods, ``algorithm`` for ``lp``, ``solver`` for ``cvxpy``.
+        Method-specific keywords, e.g. ``max_iterations``/``time_limit``/``progress`` and the
+        warm start ``x0``/``y0`` for the iterative methods, ``algorithm`` for ``lp``,
+        ``solver`` for ``cvxpy``.
 
     Returns
     -------
     Equilibrium
-        Strategies, value, certificate, method, status.
+        Strategies, value, both players' certified guarantees, exploitability, method, status.
 
     Raises
     ------
@@ -169,10 +180,13 @@ def solve_zero_sum(
     values = game.values
     m, n = values.shape
 
+    scale = payoff_scale(values)
+    target = float(tol) * scale if scale > 0 else float(tol)  # constant game: every pair is exact
+
     frozen = values.view()  # solvers get a read-only view: no copy of a large game
     frozen.setflags(write=False)
     try:
-        raw = fn(frozen, tol=float(tol), **options)
+        raw = fn(frozen, tol=target, **options)
     except GTDError:
         raise
     except (ValueError, TypeError) as exc:
@@ -185,24 +199,25 @@ def solve_zero_sum(
     x = clean_strategy(out.defender_strategy, m, who="defender", method=name)
     y = clean_strategy(out.attacker_strategy, n, who="attacker", method=name)
     status = out.status if out.status in STATUSES else str(out.status)
-    gap = exploitability(values, x, y)
-    value = float(x @ values @ y)
+    cert = certify(values, x, y)
+    value = cert.value
 
     if select is not None:
-        x = select_defender_strategy(values, x, y, select, tol=float(tol), clean_accuracy=game.clean_accuracy)
-        gap = exploitability(values, x, y)
+        x = select_defender_strategy(values, x, y, select, tol=target, clean_accuracy=game.clean_accuracy)
+        cert = certify(values, x, y)
+    gap = cert.exploitability
 
-    if status in (OPTIMAL, CONVERGED) and gap > tol * (1 + 1e-6) + 1e-15:
+    if status in (OPTIMAL, CONVERGED) and cert.computed_gap > target * (1 + 1e-6):
         warnings.warn(
-            f"method {name!r} reported {status!r} but its certificate is {gap:.3g} > tol {tol:.3g}; "
-            f"status set to {INACCURATE!r}",
+            f"method {name!r} reported {status!r} but its certificate is {gap:.3g} > tol {tol:.3g} x "
+            f"payoff scale {scale:.3g}; status set to {INACCURATE!r}",
             stacklevel=2,
         )
         status = INACCURATE
     elif status in (MAX_ITERATIONS, TIME_LIMIT):
         warnings.warn(
-            f"method {name!r} stopped ({status}) at exploitability {gap:.3g} > tol {tol:.3g}; "
-            "raise max_iterations, loosen tol, or use method='lp'",
+            f"method {name!r} stopped ({status}) at exploitability {gap:.3g} > tol {tol:.3g} x "
+            f"payoff scale {scale:.3g}; raise max_iterations, loosen tol, or use method='lp'",
             stacklevel=2,
         )
     log.debug("solved %dx%d game with %s: value %.9g, exploitability %.3g", m, n, name, value, gap)
@@ -210,12 +225,14 @@ def solve_zero_sum(
         defender_strategy=x,
         attacker_strategy=y,
         value=value,
-        exploitability=max(gap, 0.0),
+        exploitability=gap,
         method=name,
         status=status,
         select=select,
         defenders=game.defenders,
         attackers=game.attackers,
         iterations=out.iterations,
+        defender_guarantee=cert.defender_guarantee,
+        attacker_guarantee=cert.attacker_guarantee,
     )
 

@@ -38,6 +38,9 @@ __all__ = [
     "Game",
     "as_game",
     "exploitability",
+    "Certificate",
+    "certify",
+    "payoff_scale",
     "clean_strategy",
     "SOLVERS",
     "register_solver",
@@ -102,6 +105,8 @@ def as_game(matrix: Any) -> Game:
             raise ValueError(
                 f"payoffs must be a PayoffMatrix or a 2-D array of numbers, got {type(matrix).__name__}"
             )
+        if _is_sparse(matrix):  # scipy.sparse: the solvers work on dense arrays
+            matrix = matrix.toarray()
         try:
             values = np.asarray(matrix, dtype=np.float64)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -131,13 +136,113 @@ def as_game(matrix: Any) -> Game:
     return Game(np.ascontiguousarray(values), defenders, attackers, clean)
 
 
+def _is_sparse(matrix: Any) -> bool:
+    """Whether ``matrix`` is a ``scipy.sparse`` array or matrix (without importing scipy needlessly)."""
+    if not type(matrix).__module__.startswith("scipy.sparse"):
+        return False
+    import scipy.sparse
+
+    return bool(scipy.sparse.issparse(matrix))
+
+
 # --------------------------------------------------------------------------- certificate
+
+# Unit round-off of float64 (2**-53): every operation is exact up to a relative error of this.
+UNIT_ROUNDOFF = float(np.finfo(np.float64).eps) / 2.0
+# Payoffs above this magnitude are multiplied by a power of two before products are formed,
+# so that sums of products cannot overflow (1e308 - (-1e308) is inf).
+_HUGE = 2.0**1000
+
+
+def _prescaled(values: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(values * 2**-k, 2**k)``: exact rescaling of huge payoffs (``k = 0`` for ordinary ones)."""
+    big = float(np.max(np.abs(values)))
+    if big <= _HUGE:
+        return values, 1.0
+    factor = 2.0 ** math.frexp(big)[1]
+    return values / factor, factor
+
+
+def payoff_scale(values: np.ndarray) -> float:
+    """``max A - min A``: the scale that :func:`solve_zero_sum`'s ``tol`` is relative to.
+
+    Shift-invariant like the certificate itself (adding a constant to every payoff changes no
+    strategy's exploitability), and computed without overflow for payoffs near the float limit.
+    """
+    scaled, factor = _prescaled(np.asarray(values, dtype=np.float64))
+    return float(np.ptp(scaled)) * factor
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """Both players' guarantees for a strategy pair, including floating-point rounding.
+
+    Attributes
+    ----------
+    defender_guarantee : float
+        A lower bound on ``min_j (x A)_j`` (the accuracy the defender's ``x`` guarantees
+        against every attacker), rounded down by the bound on the rounding error of computing it.
+    attacker_guarantee : float
+        An upper bound on ``max_i (A y)_i`` (the most any defender gains against ``y``).
+    value : float
+        ``x A y``.
+    rounding : float
+        The rounding allowance included above (both sides together).
+    """
+
+    defender_guarantee: float
+    attacker_guarantee: float
+    value: float
+    rounding: float
+
+    @property
+    def exploitability(self) -> float:
+        """``attacker_guarantee - defender_guarantee`` (never negative)."""
+        return max(self.attacker_guarantee - self.defender_guarantee, 0.0)
+
+    @property
+    def computed_gap(self) -> float:
+        """The duality gap as computed in floating point, without the rounding allowance."""
+        return self.exploitability - self.rounding
+
+
+def certify(values: np.ndarray, x: np.ndarray, y: np.ndarray) -> Certificate:
+    """Certified guarantees of ``(x, y)`` on ``values`` (von Neumann 1928; rounding as in Higham 2002).
+
+    ``(x A)_j`` is a sum of ``m`` products: in floating point, in any summation order, it is
+    exact up to ``gamma_m sum_i x_i |A_ij| <= gamma_m max|A|`` with ``gamma_k = k u / (1 - k u)``
+    (Higham 2002, Lemma 3.1). The strategies are certified as the distributions ``x / sum(x)``,
+    whose exact sum differs from the stored one by at most another ``gamma_m``. So the
+    defender's guarantee is lowered by ``2.01 gamma_m max|A|``, the attacker's raised by
+    ``2.01 gamma_n max|A|``, and the exploitability is their difference: an upper bound on the
+    exact duality gap of the exact distributions, never 0 by round-off alone.
+    """
+    a, factor = _prescaled(np.asarray(values, dtype=np.float64))
+    m, n = a.shape
+    xa = x @ a
+    ay = a @ y
+    low = float(np.min(xa))
+    high = float(np.max(ay))
+    value = float(xa @ y)
+    big = float(np.max(np.abs(a)))
+
+    def gamma(k: int) -> float:
+        return k * UNIT_ROUNDOFF / (1.0 - k * UNIT_ROUNDOFF)
+
+    err_low = 2.01 * gamma(m + 1) * big
+    err_high = 2.01 * gamma(n + 1) * big
+    # nextafter: the subtraction/addition forming the bound is itself rounded outward.
+    lower = float(np.nextafter(low - err_low, -np.inf)) * factor
+    upper = float(np.nextafter(high + err_high, np.inf)) * factor
+    return Certificate(lower, upper, value * factor, (err_low + err_high) * factor)
 
 
 def exploitability(values: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
     """Duality gap ``max_i (A y)_i - min_j (x A)_j`` of the pair ``(x, y)`` (von Neumann 1928).
 
     Zero exactly at an equilibrium; the game value lies within this distance of ``x A y``.
+    This is the gap as computed in floating point; :func:`certify` adds a bound on its
+    rounding error (what :attr:`Equilibrium.exploitability` reports).
     """
     a = np.asarray(values, dtype=np.float64)
     return float(np.max(a @ y) - np.min(x @ a))
@@ -198,9 +303,10 @@ class Equilibrium:
         The game value: ``x @ A @ y`` of the solver's pair, or with ``select`` the value
         of the first-stage solution (selection never changes it).
     exploitability : float
-        ``max_i (A y)_i - min_j (x A)_j`` for the returned strategies, computed from the
-        matrix independently of the solver; 0 at an exact equilibrium. The true game value
-        lies in ``[value - exploitability, value + exploitability]``.
+        ``attacker_guarantee - defender_guarantee``: the duality gap
+        ``max_i (A y)_i - min_j (x A)_j`` of the returned strategies, computed from the matrix
+        independently of the solver, plus a bound on the rounding error of computing it (so it
+        is never 0 by round-off; see :func:`certify`).
     method : str
         The solver's registry name (or the callable's name).
     status : str
@@ -212,6 +318,14 @@ class Equilibrium:
         Names in the order of the strategy vectors.
     iterations : int or None
         Iterations used by an iterative method.
+    defender_guarantee : float
+        Certified lower bound on ``min_j (x A)_j``: the accuracy the defender's strategy
+        guarantees against every attacker, hence a lower bound on the game value.
+    attacker_guarantee : float
+        Certified upper bound on ``max_i (A y)_i``: no defender does better than this against
+        the attacker's strategy, hence an upper bound on the game value. The game value lies
+        in ``[defender_guarantee, attacker_guarantee]`` (:attr:`bounds`). When not given (old
+        files), they default to ``value -/+ exploitability``.
     """
 
     defender_strategy: np.ndarray
@@ -224,6 +338,8 @@ class Equilibrium:
     defenders: tuple[str, ...] = ()
     attackers: tuple[str, ...] = ()
     iterations: int | None = None
+    defender_guarantee: float | None = None  # type: ignore[assignment]
+    attacker_guarantee: float | None = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -244,6 +360,10 @@ class Equilibrium:
             )
         set_(self, "defenders", defenders)
         set_(self, "attackers", attackers)
+        low = self.value - self.exploitability if self.defender_guarantee is None else self.defender_guarantee
+        high = self.value + self.exploitability if self.attacker_guarantee is None else self.attacker_guarantee
+        set_(self, "defender_guarantee", float(low))
+        set_(self, "attacker_guarantee", float(high))
 
     @property
     def defender_support(self) -> tuple[str, ...]:
@@ -257,8 +377,11 @@ class Equilibrium:
 
     @property
     def bounds(self) -> tuple[float, float]:
-        """``(value - exploitability, value + exploitability)``: the certified range of the value."""
-        return (self.value - self.exploitability, self.value + self.exploitability)
+        """``(defender_guarantee, attacker_guarantee)``: the certified range of the game value.
+
+        Its width is ``exploitability``; ``value`` lies inside it.
+        """
+        return (self.defender_guarantee, self.attacker_guarantee)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Equilibrium):
@@ -270,6 +393,8 @@ class Equilibrium:
             == (other.value, other.exploitability, other.method, other.status, other.select)
             and (self.defenders, self.attackers, self.iterations)
             == (other.defenders, other.attackers, other.iterations)
+            and (self.defender_guarantee, self.attacker_guarantee)
+            == (other.defender_guarantee, other.attacker_guarantee)
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -279,6 +404,8 @@ class Equilibrium:
         return {
             "value": self.value,
             "exploitability": self.exploitability,
+            "defender_guarantee": self.defender_guarantee,
+            "attacker_guarantee": self.attacker_guarantee,
             "method": self.method,
             "status": self.status,
             "select": self.select,
@@ -317,6 +444,10 @@ class Equilibrium:
         iterations = d.get("iterations")
         if iterations is not None and (isinstance(iterations, bool) or not isinstance(iterations, int)):
             raise ValueError(f"iterations must be null or an integer, got {iterations!r}")
+        guarantees = {
+            key: None if d.get(key) is None else _finite_number(d[key], key)
+            for key in ("defender_guarantee", "attacker_guarantee")
+        }
         x, defenders = _strategy_from_dict(d, "defender")
         y, attackers = _strategy_from_dict(d, "attacker")
         return cls(
@@ -330,6 +461,7 @@ class Equilibrium:
             defenders=defenders,
             attackers=attackers,
             iterations=iterations,
+            **guarantees,
         )
 
 
