@@ -35,6 +35,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from gametheory_defense.errors import GTDError, SolverError
 from gametheory_defense.solvers._core import (
     CONVERGED,
@@ -48,6 +50,9 @@ from gametheory_defense.solvers._core import (
     Certificate,
     Equilibrium,
     SolverOutput,
+    UNIT_ROUNDOFF,
+    _prescaled,
+    _unscale,
     as_game,
     certify,
     check_options,
@@ -180,8 +185,14 @@ def solve_zero_sum(
     values = game.values
     m, n = values.shape
 
-    scale = payoff_scale(values)
-    target = float(tol) * scale if scale > 0 else float(tol)  # constant game: every pair is exact
+    # Payoffs beyond 2**1000 are scaled by an exact power of two first (strategies are
+    # invariant), so that no sum of products overflows; value and bounds are scaled back.
+    values, exponent = _prescaled(values)
+    scale = float(np.ptp(values))
+    # Relative to the payoff scale, but never below what rounding lets a certificate resolve
+    # (the largest rounding allowance of certify: a few (m + n) ulps of max|A|).
+    floor = 4.0 * 2.01 * (m + n + 2) * UNIT_ROUNDOFF * float(np.max(np.abs(values)))
+    target = max(float(tol) * scale, floor) if scale > 0 else float(tol)  # constant game: all exact
 
     frozen = values.view()  # solvers get a read-only view: no copy of a large game
     frozen.setflags(write=False)
@@ -200,24 +211,33 @@ def solve_zero_sum(
     y = clean_strategy(out.attacker_strategy, n, who="attacker", method=name)
     status = out.status if out.status in STATUSES else str(out.status)
     cert = certify(values, x, y)
-    value = cert.value
+    if not cert.exact:
+        # Zeroing probabilities below 1e-13 can cost exactness (diag(1e10, 1e-10) is solved
+        # by x = (1e-20, 1)): keep them when that certifies better.
+        x2 = clean_strategy(out.defender_strategy, m, who="defender", method=name, zero_tol=0.0)
+        y2 = clean_strategy(out.attacker_strategy, n, who="attacker", method=name, zero_tol=0.0)
+        if not (np.array_equal(x, x2) and np.array_equal(y, y2)):
+            cert2 = certify(values, x2, y2)
+            if cert2.computed_gap < cert.computed_gap:
+                x, y, cert = x2, y2, cert2
+    value = _unscale(cert.value, exponent)
 
     if select is not None:
         x = select_defender_strategy(values, x, y, select, tol=target, clean_accuracy=game.clean_accuracy)
         cert = certify(values, x, y)
-    gap = cert.exploitability
+    gap = _unscale(cert.exploitability, exponent)
 
     if status in (OPTIMAL, CONVERGED) and cert.computed_gap > target * (1 + 1e-6):
         warnings.warn(
             f"method {name!r} reported {status!r} but its certificate is {gap:.3g} > tol {tol:.3g} x "
-            f"payoff scale {scale:.3g}; status set to {INACCURATE!r}",
+            f"payoff scale {_unscale(scale, exponent):.3g}; status set to {INACCURATE!r}",
             stacklevel=2,
         )
         status = INACCURATE
     elif status in (MAX_ITERATIONS, TIME_LIMIT):
         warnings.warn(
             f"method {name!r} stopped ({status}) at exploitability {gap:.3g} > tol {tol:.3g} x "
-            f"payoff scale {scale:.3g}; raise max_iterations, loosen tol, or use method='lp'",
+            f"payoff scale {_unscale(scale, exponent):.3g}; raise max_iterations, loosen tol, or use method='lp'",
             stacklevel=2,
         )
     log.debug("solved %dx%d game with %s: value %.9g, exploitability %.3g", m, n, name, value, gap)
@@ -232,7 +252,7 @@ def solve_zero_sum(
         defenders=game.defenders,
         attackers=game.attackers,
         iterations=out.iterations,
-        defender_guarantee=cert.defender_guarantee,
-        attacker_guarantee=cert.attacker_guarantee,
+        defender_guarantee=_unscale(cert.defender_guarantee, exponent),
+        attacker_guarantee=_unscale(cert.attacker_guarantee, exponent),
     )
 

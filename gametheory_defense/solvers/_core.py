@@ -154,13 +154,19 @@ UNIT_ROUNDOFF = float(np.finfo(np.float64).eps) / 2.0
 _HUGE = 2.0**1000
 
 
-def _prescaled(values: np.ndarray) -> tuple[np.ndarray, float]:
-    """``(values * 2**-k, 2**k)``: exact rescaling of huge payoffs (``k = 0`` for ordinary ones)."""
+def _prescaled(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(values * 2**-k, k)``: exact rescaling of huge payoffs (``k = 0`` for ordinary ones)."""
     big = float(np.max(np.abs(values)))
     if big <= _HUGE:
-        return values, 1.0
-    factor = 2.0 ** math.frexp(big)[1]
-    return values / factor, factor
+        return values, 0
+    k = math.frexp(big)[1]
+    return np.ldexp(values, -k), k
+
+
+def _unscale(v: float, k: int) -> float:
+    """``v * 2**k`` (``inf`` when that exceeds the float range)."""
+    with np.errstate(over="ignore"):
+        return float(np.ldexp(v, k)) if k else float(v)
 
 
 def payoff_scale(values: np.ndarray) -> float:
@@ -169,8 +175,8 @@ def payoff_scale(values: np.ndarray) -> float:
     Shift-invariant like the certificate itself (adding a constant to every payoff changes no
     strategy's exploitability), and computed without overflow for payoffs near the float limit.
     """
-    scaled, factor = _prescaled(np.asarray(values, dtype=np.float64))
-    return float(np.ptp(scaled)) * factor
+    scaled, k = _prescaled(np.asarray(values, dtype=np.float64))
+    return _unscale(float(np.ptp(scaled)), k)
 
 
 @dataclass(frozen=True)
@@ -205,37 +211,55 @@ class Certificate:
         """The duality gap as computed in floating point, without the rounding allowance."""
         return self.exploitability - self.rounding
 
+    @property
+    def exact(self) -> bool:
+        """Whether the computed gap is within a few rounding allowances (exact up to round-off)."""
+        return self.computed_gap <= 4.0 * self.rounding
+
 
 def certify(values: np.ndarray, x: np.ndarray, y: np.ndarray) -> Certificate:
     """Certified guarantees of ``(x, y)`` on ``values`` (von Neumann 1928; rounding as in Higham 2002).
 
     ``(x A)_j`` is a sum of ``m`` products: in floating point, in any summation order, it is
-    exact up to ``gamma_m sum_i x_i |A_ij| <= gamma_m max|A|`` with ``gamma_k = k u / (1 - k u)``
-    (Higham 2002, Lemma 3.1). The strategies are certified as the distributions ``x / sum(x)``,
-    whose exact sum differs from the stored one by at most another ``gamma_m``. So the
-    defender's guarantee is lowered by ``2.01 gamma_m max|A|``, the attacker's raised by
-    ``2.01 gamma_n max|A|``, and the exploitability is their difference: an upper bound on the
-    exact duality gap of the exact distributions, never 0 by round-off alone.
+    exact up to ``gamma_m (x |A|)_j`` with ``gamma_k = k u / (1 - k u)`` (Higham 2002,
+    Lemma 3.1). The strategies are certified as the distributions ``x / sum(x)``, whose exact
+    sum differs from the stored one by at most another ``gamma_m``. So each ``(x A)_j`` is
+    lowered by ``2.01 gamma_(m+1) (x |A|)_j`` before the minimum is taken, each ``(A y)_i``
+    raised by ``2.01 gamma_(n+1) (|A| y)_i``, and the exploitability is the difference of the
+    two guarantees: an upper bound on the exact duality gap of the exact distributions, never
+    0 by round-off alone. For non-negative payoffs (accuracies) ``|A| = A`` and this costs
+    nothing; otherwise ``|A|`` is formed in blocks of rows.
     """
-    a, factor = _prescaled(np.asarray(values, dtype=np.float64))
+    a, k = _prescaled(np.asarray(values, dtype=np.float64))
     m, n = a.shape
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
     xa = x @ a
     ay = a @ y
-    low = float(np.min(xa))
-    high = float(np.max(ay))
-    value = float(xa @ y)
-    big = float(np.max(np.abs(a)))
+    if float(a.min()) >= 0.0:
+        x_abs, abs_y = xa, ay
+    else:
+        x_abs = np.zeros(n)
+        abs_y = np.empty(m)
+        block = max(1, 2**22 // max(n, 1))  # 32 MiB of |A| at a time
+        for start in range(0, m, block):
+            part = np.abs(a[start : start + block])
+            x_abs += x[start : start + block] @ part
+            abs_y[start : start + block] = part @ y
 
     def gamma(k: int) -> float:
         return k * UNIT_ROUNDOFF / (1.0 - k * UNIT_ROUNDOFF)
 
-    err_low = 2.01 * gamma(m + 1) * big
-    err_high = 2.01 * gamma(n + 1) * big
-    # nextafter: the subtraction/addition forming the bound is itself rounded outward.
-    lower = float(np.nextafter(low - err_low, -np.inf)) * factor
-    upper = float(np.nextafter(high + err_high, np.inf)) * factor
-    return Certificate(lower, upper, value * factor, (err_low + err_high) * factor)
-
+    err_low = 2.01 * gamma(m + 1) * np.abs(x_abs)
+    err_high = 2.01 * gamma(n + 1) * np.abs(abs_y)
+    # nextafter: forming a bound is itself one more rounding, taken outward (a zero allowance
+    # means every product was exactly zero, so there is nothing to round).
+    low = np.where(err_low > 0, np.nextafter(xa - err_low, -np.inf), xa)
+    high = np.where(err_high > 0, np.nextafter(ay + err_high, np.inf), ay)
+    computed = float(np.max(ay)) - float(np.min(xa))
+    lower, upper = float(np.min(low)), float(np.max(high))
+    rounding = max((upper - lower) - computed, 0.0)
+    return Certificate(_unscale(lower, k), _unscale(upper, k), _unscale(float(xa @ y), k), _unscale(rounding, k))
 
 def exploitability(values: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
     """Duality gap ``max_i (A y)_i - min_j (x A)_j`` of the pair ``(x, y)`` (von Neumann 1928).
@@ -248,11 +272,12 @@ def exploitability(values: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
     return float(np.max(a @ y) - np.min(x @ a))
 
 
-def clean_strategy(p: Any, n: int, *, who: str, method: str) -> np.ndarray:
+def clean_strategy(p: Any, n: int, *, who: str, method: str, zero_tol: float = ZERO_TOL) -> np.ndarray:
     """Turn a solver's raw probability vector into a clean distribution (OpenSpiel's rule).
 
-    Entries of magnitude ``<= 1e-13`` and tiny negatives are set to zero and the vector is
-    renormalised. Anything that is not close to a distribution raises :class:`SolverError`.
+    Entries of magnitude ``<= zero_tol`` (1e-13) times the sum and tiny negatives are set to
+    zero and the vector is renormalised. Anything that is not close to a distribution raises
+    :class:`SolverError`.
     """
     try:
         q = np.array(p, dtype=np.float64).reshape(-1)
@@ -277,7 +302,7 @@ def clean_strategy(p: Any, n: int, *, who: str, method: str) -> np.ndarray:
             f"method {method!r} returned a {who} strategy summing to {total:.9g}; renormalised to 1",
             stacklevel=3,
         )
-    q[q <= ZERO_TOL * total] = 0.0
+    q[q <= zero_tol * total] = 0.0
     return q / q.sum()
 
 
