@@ -37,13 +37,14 @@ HighsAlgorithm = Literal["auto", "highs", "highs-ds", "highs-ipm"]
 # accuracy lowrank`` (docs/benchmarks.md). Games with at least SCREEN_MIN_ENTRIES entries are
 # first screened by a short double oracle (restricted LPs grown by best responses): games
 # built from accuracies are low-rank plus noise with many ties and have small equilibrium
-# supports, which it solves in milliseconds where one full LP takes 0.1-1 s. When the screen
+# supports, which it solves in milliseconds where one full LP takes 0.5-5 s (below 400 x 400
+# the screen's ~10-30 ms would be felt on games it cannot solve). When the screen
 # does not close the gap within its budget (uniform random games: supports of ~n/2), the full
 # LP is solved by dual simplex below IPM_MIN_ENTRIES entries and by the interior-point method
 # with crossover above (a vertex solution with exact duals; dual simplex wins below ~400 x 400
 # on every family, the interior point above it on uniform games).
 IPM_MIN_ENTRIES = 160_000
-SCREEN_MIN_ENTRIES = 62_500
+SCREEN_MIN_ENTRIES = 160_000
 # Screening budget: rounds, strategies added per player and round, largest restricted side.
 _SCREEN_ROUNDS = 6
 _SCREEN_ADD = 8
@@ -195,10 +196,10 @@ def screen(values: np.ndarray, *, tol: float) -> tuple[np.ndarray, np.ndarray] |
         if found is None:
             return None
         x, y, v = found
-        cert = certify(values, x, y)
+        ay, xa = values @ y, x @ values
+        cert = certify(values, x, y, products=(xa, ay))
         if cert.exact:
             return x, y
-        ay, xa = values @ y, x @ values
         slack = cert.rounding
         new_rows = [int(i) for i in np.argsort(-ay)[:_SCREEN_ADD] if ay[i] > v + slack and int(i) not in rows]
         new_cols = [int(j) for j in np.argsort(xa)[:_SCREEN_ADD] if xa[j] < v - slack and int(j) not in cols]
@@ -245,7 +246,7 @@ def solve_lp(values: np.ndarray, *, tol: float = 1e-9, algorithm: HighsAlgorithm
         Absolute exploitability target; decides whether the tightened retry runs.
     algorithm : {"auto", "highs", "highs-ds", "highs-ipm"}
         HiGHS algorithm. ``"auto"`` (measured, see above): a short double-oracle screen for
-        games of at least 62,500 entries, then dual simplex below 160,000 entries and the
+        games of at least 160,000 entries, then dual simplex below 160,000 entries and the
         interior-point method with crossover above.
 
     Returns
