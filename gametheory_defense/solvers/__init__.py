@@ -64,6 +64,7 @@ from gametheory_defense.solvers._core import (
     resolve_method,
 )
 from gametheory_defense.solvers.cvxpy_backend import solve_cvxpy
+from gametheory_defense.solvers.face import EXTREME_STRATEGIES_MAX_STRATEGIES, extreme_optimal_strategies
 from gametheory_defense.solvers.iterative import fictitious_play, pdhg, regret_matching
 from gametheory_defense.solvers.lp import solve_lp
 from gametheory_defense.solvers.nashpy_backends import (
@@ -79,6 +80,8 @@ from gametheory_defense.solvers.selection import select_defender_strategy
 
 __all__ = [
     "solve_zero_sum",
+    "extreme_optimal_strategies",
+    "EXTREME_STRATEGIES_MAX_STRATEGIES",
     "Equilibrium",
     "SolverOutput",
     "SOLVERS",
