@@ -125,7 +125,7 @@ def fictitious_play(
     progress: bool = False,
     x0: object = None,
     y0: object = None,
-    warm_weight: float = 10.0,
+    warm_weight: float = 1000.0,
 ) -> SolverOutput:
     """Alternating fictitious play (Brown 1951; Robinson 1951).
 

@@ -46,9 +46,9 @@ HighsAlgorithm = Literal["auto", "highs", "highs-ds", "highs-ipm"]
 IPM_MIN_ENTRIES = 160_000
 SCREEN_MIN_ENTRIES = 160_000
 # Screening budget: rounds, strategies added per player and round, largest restricted side.
-_SCREEN_ROUNDS = 6
+_SCREEN_ROUNDS = 10
 _SCREEN_ADD = 8
-_SCREEN_MAX_SIDE = 48
+_SCREEN_MAX_SIDE = 64
 # ``lp`` tries every Shapley-Snow kernel of games with at most this many square submatrices
 # (C(m + n, m) - 1) when HiGHS's answer is not exact up to round-off (tolerances of 1e-7 on
 # a game rescaled to [0, 1] cannot see entries 1e-20 of the largest).
