@@ -21,9 +21,10 @@ Loading never unpickles anything: weights are read with ``safetensors`` and the 
 with :mod:`json`; every inconsistency raises a one-line
 :class:`~gametheory_defense.errors.CheckpointError` that names the file.
 
-Two hashes identify models independently of files: :func:`weights_digest` (the tensors)
-and :func:`model_identity` (the tensors plus architecture and SAP settings), used as the
-defender's identity in payoff stores.
+Two hashes identify models independently of files: :func:`weights_digest` (the
+``state_dict`` tensors, what a weights file holds) and
+:func:`~gametheory_defense.identity.model_identity` (everything that changes a model's
+outputs; re-exported here), the defender's identity in every cache.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from torch import nn
 
 from gametheory_defense import __version__
 from gametheory_defense.errors import CheckpointError
+from gametheory_defense.identity import model_identity
 
 __all__ = [
     "FORMAT",
@@ -178,32 +180,6 @@ def weights_digest(model: nn.Module) -> str:
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
     return h.hexdigest()
-
-
-def model_identity(model: nn.Module) -> str:
-    """SHA-256 identifying a defender: its weights digest, architecture and SAP settings.
-
-    Two models with the same identity compute the same (distribution of) outputs; the
-    payoff store keys defenders by it.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Any module; ``model.architecture`` and SAP settings are included when present.
-
-    Returns
-    -------
-    str
-        64 lowercase hex digits.
-    """
-    from gametheory_defense.sap import sap_settings
-
-    record = {
-        "weights": weights_digest(model),
-        "architecture": _jsonable(getattr(model, "architecture", None)),
-        "sap": _jsonable(sap_settings(model)),
-    }
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
 def _jsonable(value: Any) -> Any:
@@ -408,17 +384,28 @@ def _validate_architecture(arch: Any, where: Path) -> None:
 def _validate_sap(sap: Any, where: Path) -> dict[str, Any]:
     if not isinstance(sap, Mapping):
         raise CheckpointError(f"{where}: 'sap' must be null or an object with frac, mode, layers; got {sap!r}")
-    unknown = set(sap) - {"frac", "mode", "layers"}
+    unknown = set(sap) - {"frac", "mode", "layers", "activations"}
     if unknown:
-        raise CheckpointError(f"{where}: unknown SAP setting(s) {sorted(unknown)}; allowed: frac, mode, layers")
+        raise CheckpointError(
+            f"{where}: unknown SAP setting(s) {sorted(unknown)}; allowed: frac, mode, layers, activations"
+        )
     frac, mode, layers = sap.get("frac"), sap.get("mode", "exact"), sap.get("layers")
+    activations = sap.get("activations", "relu")
     if not (isinstance(frac, (int, float)) and not isinstance(frac, bool) and math.isfinite(frac) and frac > 0):
         raise CheckpointError(f"{where}: SAP 'frac' must be a positive number, got {frac!r}")
     if not isinstance(mode, str):
         raise CheckpointError(f"{where}: SAP 'mode' must be a string, got {mode!r}")
     if layers is not None and not (isinstance(layers, list) and all(isinstance(n, str) for n in layers)):
         raise CheckpointError(f"{where}: SAP 'layers' must be null or a list of layer names, got {layers!r}")
-    return {"frac": float(frac), "mode": mode, "layers": None if layers is None else list(layers)}
+    if not (
+        isinstance(activations, str)
+        or (isinstance(activations, list) and activations and all(isinstance(a, str) for a in activations))
+    ):
+        raise CheckpointError(f"{where}: SAP 'activations' must be a name or a list of names, got {activations!r}")
+    out = {"frac": float(frac), "mode": mode, "layers": None if layers is None else list(layers)}
+    if sap.get("activations") is not None:  # absent in earlier versions: ReLU
+        out["activations"] = activations if isinstance(activations, str) else list(activations)
+    return out
 
 
 def _read_tensors(weights_path: Path, expected_sha: str) -> dict[str, torch.Tensor]:
@@ -533,7 +520,13 @@ def load_checkpoint(
         from gametheory_defense.sap import apply_sap
 
         try:
-            model = apply_sap(model, settings["frac"], mode=settings["mode"], layers=settings["layers"])
+            model = apply_sap(
+                model,
+                settings["frac"],
+                mode=settings["mode"],
+                layers=settings["layers"],
+                activations=settings.get("activations", "relu"),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{sidecar_path}: invalid SAP settings {settings} ({exc})") from None
 
