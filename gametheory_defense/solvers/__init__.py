@@ -19,6 +19,10 @@ method                algorithm
 ``pdhg``              restarted primal-dual hybrid gradient (iterative; for large games)
 ===================== =====================================================================
 
+Every :class:`Equilibrium` carries both players' certified guarantees
+(``defender_guarantee <= value <= attacker_guarantee``, rounding included);
+:func:`extreme_optimal_strategies` lists the whole optimal face of a small game.
+
 Examples
 --------
 >>> from gametheory_defense.solvers import solve_zero_sum
@@ -152,7 +156,8 @@ def solve_zero_sum(
         (:func:`payoff_scale`): methods receive the absolute target ``tol * (max A - min A)``;
         iterative methods stop there, and an answer whose computed duality gap misses it is
         reported ``"inaccurate"`` (with a warning). Relative, so that a game and the same game
-        times ``1e-15`` or ``1e10`` are solved alike.
+        times ``1e-15`` or ``1e10`` are solved alike. The target never goes below what rounding
+        lets a certificate resolve, ``8.04 (m + n + 2) u max|A|`` (``u = 2**-53``).
     **options
         Method-specific keywords, e.g. ``max_iterations``/``time_limit``/``progress`` and the
         warm start ``x0``/``y0`` for the iterative methods, ``algorithm`` for ``lp``,
@@ -194,7 +199,8 @@ def solve_zero_sum(
     scale = float(np.ptp(values))
     # Relative to the payoff scale, but never below what rounding lets a certificate resolve
     # (the largest rounding allowance of certify: a few (m + n) ulps of max|A|).
-    floor = 4.0 * 2.01 * (m + n + 2) * UNIT_ROUNDOFF * float(np.max(np.abs(values)))
+    largest = max(abs(float(values.max())), abs(float(values.min())))  # no |A| copy
+    floor = 4.0 * 2.01 * (m + n + 2) * UNIT_ROUNDOFF * largest
     target = max(float(tol) * scale, floor) if scale > 0 else float(tol)  # constant game: all exact
 
     frozen = values.view()  # solvers get a read-only view: no copy of a large game
