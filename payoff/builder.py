@@ -102,18 +102,22 @@ class DefenderSpec:
         ``"keep"`` uses the checkpoint's own settings, ``None`` loads the plain base model,
         ``{"frac": ..., "mode": ..., "layers": ...}`` applies those SAP settings (one base
         checkpoint serves several SAP defenders).
+    trust_code : bool, default False
+        Allow importing the checkpoint's architecture when it is an unregistered
+        ``"package.module:Class"`` (see :func:`~gametheory_defense.checkpoint.load_checkpoint`).
     """
 
     name: str
     checkpoint: str | Path
     sap: Mapping[str, Any] | None | Literal["keep"] = "keep"
+    trust_code: bool = False
 
     def load(self, *, device: str | torch.device = "cpu") -> nn.Module:
         """Load the model (``eval()`` mode) on ``device``."""
         from gametheory_defense.checkpoint import load_checkpoint
 
         sap = self.sap if (self.sap is None or isinstance(self.sap, str)) else dict(self.sap)
-        return load_checkpoint(self.checkpoint, device=device, sap=sap).model
+        return load_checkpoint(self.checkpoint, device=device, sap=sap, trust_code=self.trust_code).model
 
 
 def defender_identity(model: nn.Module) -> str:
@@ -500,6 +504,12 @@ def build_payoff_matrix(
                     stacklevel=2,
                 )
             models[name] = d.to(device)
+    from gametheory_defense.models import check_classifier
+
+    for name, m in models.items():  # wrong shapes, tuple outputs, float64 weights: one line, before any work
+        k = check_classifier(m, x[:2], name=f"defender {name!r}")
+        if n and int(y.max()) >= k:
+            raise ValueError(f"defender {name!r} has {k} logits but the labels go up to {int(y.max())}")
     ident = {name: defender_identity(m) for name, m in models.items()}
     stoch = {name: is_stochastic(m) for name, m in models.items()}
     dup = {}
