@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from gametheory_defense import __version__
 
 # Subcommand modules, in the order ``gtdefense --help`` lists them.
-COMMANDS = ["solve", "plot", "train", "attack", "run", "demo", "evaluate"]
+COMMANDS = ["solve", "plot", "train", "attack", "run", "demo", "evaluate", "import-model"]
 
 EXIT_USAGE = 2
 
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in COMMANDS:
-        importlib.import_module(f"gametheory_defense.cli.{name}").register(sub)
+        importlib.import_module(f"gametheory_defense.cli.{name.replace('-', '_')}").register(sub)
     return parser
 
 

@@ -52,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     p.add_argument("--batch-size", type=int, default=256, help="examples per attack call (default 256)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--trust-code", action="store_true", help="import model classes that checkpoints or configs name as package.module:Class (this runs their code: only for files you trust); registered and built-in architectures need no consent")
     p.set_defaults(func=run)
 
 
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if not dataset:
         raise ConfigError(f"{args.checkpoint}: the checkpoint records no data set; pass --dataset")
     sap = "keep" if args.sap_frac is None else {"frac": args.sap_frac, "mode": args.sap_mode, "layers": None}
-    ckpt = load_checkpoint(args.checkpoint, device=args.device, sap=sap)
+    ckpt = load_checkpoint(args.checkpoint, device=args.device, sap=sap, trust_code=args.trust_code)
 
     test_set = load_dataset(dataset, "test", data_dir=args.data_dir, download=args.download)
     test_set = test_set.subset(min(args.n, len(test_set.labels)))

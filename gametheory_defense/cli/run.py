@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("config", type=Path, help="TOML configuration file")
     add_run_options(p)
+    p.add_argument("--trust-code", action="store_true", help="import model classes that checkpoints or configs name as package.module:Class (this runs their code: only for files you trust); registered and built-in architectures need no consent")
     p.set_defaults(func=run)
 
 
@@ -43,6 +44,7 @@ def execute(config_path: Path, args: argparse.Namespace, command: list[str]) -> 
         data_dir=args.data_dir,
         command=command,
         progress=not args.no_progress,
+        trust_code=getattr(args, "trust_code", False),
     )
     eq = result.equilibrium
     print(f"game value (configured attackers): {pct(eq.value)}   exploitability {eq.exploitability:.1e}")
@@ -66,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         command += ["--data-dir", args.data_dir]
     if args.executor:
         command += ["--executor", args.executor]
+    if args.trust_code:
+        command += ["--trust-code"]
     return execute(args.config, args, command)
 
 
