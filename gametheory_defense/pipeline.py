@@ -643,6 +643,7 @@ def run_pipeline(
     _close(fig)
     defenders = load_defenders(specs, dev)
     ensemble = MixedStrategyModel.from_equilibrium(eq, defenders)
+    ensemble.metadata["dataset"] = config.data.dataset  # `gtdefense evaluate OUT/ensemble` needs no --dataset
     ensemble.save(out / "ensemble", overwrite=True)
     seconds["solve"] = time.perf_counter() - t
 
@@ -657,6 +658,7 @@ def run_pipeline(
         fig.savefig(out / "double_oracle.png", dpi=120, bbox_inches="tight")
         _close(fig)
         do_ensemble = MixedStrategyModel.from_equilibrium(do_result.equilibrium, defenders)
+        do_ensemble.metadata["dataset"] = config.data.dataset
         do_ensemble.save(out / "ensemble_double_oracle", overwrite=True)
         seconds["double_oracle"] = time.perf_counter() - t
 

@@ -20,8 +20,10 @@ identity, so both executors give the same matrix.
     serialised in memory by Ray (cloudpickle), never through a file. Each worker checks
     that the model it rebuilt has the identity the main process computed, and writes its
     cells to the same store directory (which must be reachable from every worker: a local
-    cluster, or a shared file system). Classes shipped by name must be importable on the
-    workers (an installed package, or a module on their ``PYTHONPATH``).
+    cluster, or a shared file system). Classes shipped by name, and classes of modules
+    shipped as objects, must be importable on the workers: a local cluster started here
+    gets this process's ``sys.path`` as its ``PYTHONPATH``; on another cluster, install the
+    package or set the ``PYTHONPATH`` of its workers.
 
 Ray options (``ray_options``)
     ``address`` (``None``: start a local cluster, or use the one already initialised),
@@ -33,6 +35,8 @@ Ray options (``ray_options``)
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -305,6 +309,9 @@ def _run_ray(
         init_kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if address is None:
             init_kwargs["num_cpus"] = int(ray_options.get("num_cpus", 2))
+            # local workers see this process's import path: classes it can import by name, they can
+            paths = [p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")]
+            init_kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}}
         ray.init(address=address, **init_kwargs)
         started = True
     try:

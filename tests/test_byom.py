@@ -435,20 +435,21 @@ class BitDepth(nn.Module):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_ray_executor_accepts_every_model_the_serial_one_does(
-    resnet: nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    resnet: nn.Module, tmp_path: Path
 ) -> None:
     pytest.importorskip("ray")
-    # workers import the example's module by name, as any installed package would be
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(EXAMPLES), os.environ.get("PYTHONPATH", "")]))
+    # workers import the example's module (on this process's sys.path) and this test module by name
     torch.save(resnet.state_dict(), tmp_path / "r.pt")
     imported = import_model(tmp_path / "r.pt", tmp_path / "r", architecture=ARCH, kwargs={"width": 8},
                             input_shape=(1, 8, 8), normalize=NORM, trust_code=True)
     in_memory = load_model(tmp_path / "r.pt", architecture=ARCH, kwargs={"width": 8}, input_shape=(1, 8, 8),
                            normalize=NORM, trust_code=True)
+    with torch.no_grad():
+        in_memory.model.head.bias[0] += 0.5  # another model than the checkpoint's
     defenders: dict[str, Any] = {
         "spec": DefenderSpec("spec", imported, trust_code=True),  # a checkpoint naming 'package.module:Class'
         "byname": in_memory,  # rebuilt on the workers from its architecture record
-        "bits2": nn.Sequential(BitDepth(2), in_memory),  # no architecture: shipped as the object
+        "bits2": nn.Sequential(BitDepth(2), in_memory).eval(),  # no architecture: shipped as the object
     }
     x, y = as_tensors(load_dataset("digits", "test", progress=False).subset(24))
     attacks = {"fgsm": FGSM(0.1)}
