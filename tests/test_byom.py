@@ -316,6 +316,36 @@ def test_config_models_by_name_with_architecture_kwargs_and_checkpoint(tmp_path:
             parse_config(base_config(models))
 
 
+def test_pretrained_checkpoints_are_used_as_they_are(resnet: nn.Module, digits, tmp_path: Path) -> None:
+    from gametheory_defense.pipeline import _check_architectures, _pretrained
+
+    train, test = digits
+    torch.save(resnet.state_dict(), tmp_path / "r.pt")
+    zoo = import_model(tmp_path / "r.pt", tmp_path / "zoo", architecture=ARCH, kwargs={"width": 8},
+                       input_shape=(1, 8, 8), normalize=NORM, trust_code=True, dataset="digits")
+    cfg = parse_config(base_config({
+        "zoo": {"checkpoint": "zoo"},  # a checkpoint with its sidecar: no architecture needed
+        "plain": {"architecture": ARCH, "kwargs": {"width": 8}, "normalize": NORM, "checkpoint": "r.pt"},
+    }), source=str(tmp_path / "run.toml"))
+    with pytest.raises(UntrustedCodeError, match=r"models\.zoo: architecture .* --trust-code"):
+        _check_architectures(cfg, trust_code=False)
+    _check_architectures(cfg, trust_code=True)
+    x = test.images[:32]
+    for m in cfg.models:
+        path = _pretrained(m, tmp_path / "out" / m.name, train, "digits", resume=False, trust_code=True)
+        loaded = load_checkpoint(path, trust_code=True).model
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), normalised(resnet, x))  # the weights, untouched
+        assert json.loads((tmp_path / "out" / f"{m.name}.json").read_text())["extra"]["recipe"]["sha256"]
+    assert load_checkpoint(zoo, trust_code=True).metadata["architecture"]["name"] == ARCH
+    wrong = parse_config(base_config({"z": {"architecture": ARCH, "checkpoint": "zoo"}}), source=str(tmp_path / "run.toml"))
+    with pytest.raises(ConfigError, match="records its own architecture"):
+        _check_architectures(wrong, trust_code=True)
+    nosidecar = parse_config(base_config({"z": {"checkpoint": "r.pt"}}), source=str(tmp_path / "run.toml"))
+    with pytest.raises(ConfigError, match="give the architecture of this plain weights file"):
+        _check_architectures(nosidecar, trust_code=True)
+
+
 def test_cli_import_model_and_its_errors(resnet: nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     torch.save({"state_dict": resnet.state_dict()}, tmp_path / "r.pt")
     args = ["import-model", str(tmp_path / "r.pt"), "--architecture", ARCH, "--kwargs", '{"width": 8}',
