@@ -30,6 +30,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def add_trust_code_option(parser: argparse.ArgumentParser) -> None:
+    """``--trust-code``: consent to import model classes that files name (docs/models.md)."""
+    parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="import model classes that checkpoints or configs name as package.module:Class (this runs "
+        "their code: only for files you trust); built-in and registered architectures need no consent",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gtdefense",

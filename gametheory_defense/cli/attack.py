@@ -7,6 +7,8 @@ import logging
 import sys
 import warnings
 
+from gametheory_defense.cli import add_trust_code_option
+
 __all__ = ["register", "run", "NON_EOT_WARNING"]
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     p.add_argument("--batch-size", type=int, default=256, help="examples per attack call (default 256)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--trust-code", action="store_true", help="import model classes that checkpoints or configs name as package.module:Class (this runs their code: only for files you trust); registered and built-in architectures need no consent")
+    add_trust_code_option(p)
     p.set_defaults(func=run)
 
 

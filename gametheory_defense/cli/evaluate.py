@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gametheory_defense.cli import add_trust_code_option
+
 __all__ = ["register", "run"]
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="where to write the report as Markdown (default: NAME.evaluation.md next to a "
                         "checkpoint, DIR/evaluation.md for an ensemble)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--trust-code", action="store_true", help="import model classes that checkpoints or configs name as package.module:Class (this runs their code: only for files you trust); registered and built-in architectures need no consent")
+    add_trust_code_option(p)
     p.set_defaults(func=run)
 
 

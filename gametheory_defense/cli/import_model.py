@@ -14,6 +14,8 @@ import json
 import sys
 from typing import Any
 
+from gametheory_defense.cli import add_trust_code_option
+
 __all__ = ["register", "run"]
 
 
@@ -42,8 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="per-channel mean: the model gets a gametheory_defense.models.Normalize layer in front")
     p.add_argument("--normalize-std", type=float, nargs="+", default=None, metavar="S", help="per-channel std (with --normalize-mean)")
     p.add_argument("--out", required=True, help="checkpoint base path NAME (writes NAME.safetensors and NAME.json)")
-    p.add_argument("--trust-code", action="store_true",
-                   help="allow importing --architecture given as package.module:Class (this runs its code)")
+    add_trust_code_option(p)
     p.set_defaults(func=run)
 
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from gametheory_defense.cli import add_trust_code_option
+
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``run`` and ``demo``."""
@@ -25,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("config", type=Path, help="TOML configuration file")
     add_run_options(p)
-    p.add_argument("--trust-code", action="store_true", help="import model classes that checkpoints or configs name as package.module:Class (this runs their code: only for files you trust); registered and built-in architectures need no consent")
+    add_trust_code_option(p)
     p.set_defaults(func=run)
 
 
