@@ -19,7 +19,6 @@ Steps, each resumable (finished work is written to ``out`` atomically and reused
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -38,7 +37,7 @@ import torch
 from gametheory_defense import __version__
 from gametheory_defense.config import RunConfig, defender_names
 from gametheory_defense.errors import CheckpointError, ConfigError
-from payoff.builder import cell_seed
+from gametheory_defense.identity import cell_seed, defender_identity
 
 __all__ = ["RunResult", "run_pipeline", "resolve_device", "defender_specs", "load_defenders"]
 
@@ -351,8 +350,15 @@ def _run_double_oracle(
     from gametheory_defense.double_oracle import OracleResponse, double_oracle
     from gametheory_defense.ensemble import MixedStrategyModel
     from gametheory_defense.stochastic import is_stochastic, use_generator
-    from payoff.builder import cell_generator, correctness, data_digest, defender_identity, outcome_stats
-    from payoff.store import PayoffStore, canonical_json, cell_key
+    from gametheory_defense.identity import (
+        canonical_json,
+        cell_generator,
+        data_digest,
+        mixture_identity,
+        support_indices,
+    )
+    from payoff.builder import correctness, outcome_stats
+    from payoff.store import PayoffStore, cell_key
 
     do = config.double_oracle
     attack = build_attack(do.attack, **do.params)
@@ -367,11 +373,9 @@ def _run_double_oracle(
         calls["n"] += 1
         names = list(current.defenders)
         probs = np.asarray(strategy, dtype=float)
-        support = [i for i, p in enumerate(probs) if p > 1e-9]
-        mixture_id = {
-            "members": [identities[names[i]] for i in support],
-            "strategy": [round(float(probs[i]), 9) for i in support],
-        }
+        support = support_indices(probs)
+        weights = probs[support] / probs[support].sum()  # as the ensemble renormalises them
+        mixture_id = mixture_identity([identities[names[i]] for i in support], weights, "per-example")
         cells = {}
         for dname in names:
             draws = config.game.repeats if is_stochastic(defenders[dname]) else 1
@@ -389,9 +393,9 @@ def _run_double_oracle(
         records = {d: store.get(k, expected_shape=(dr, len(y))) for d, (k, _, dr) in cells.items()}
         if any(r is None for r in records.values()):
             mixture = MixedStrategyModel(
-                [defenders[names[i]] for i in support], probs[support], names=[names[i] for i in support]
+                [defenders[names[i]] for i in support], weights, names=[names[i] for i in support]
             )
-            gen = cell_generator(config.seed, "double-oracle", canonical_json(mixture_id), canonical_json(attack.config()))
+            gen = cell_generator(config.seed, "double-oracle", mixture_id, canonical_json(attack.config()))
             with use_generator(mixture, gen):
                 x_adv = torch.cat(
                     [attack(mixture, x[i : i + batch], y[i : i + batch], generator=gen).cpu() for i in range(0, len(y), batch)]
@@ -461,7 +465,7 @@ def _evaluate_models(
         attacks = suite(ev.suite, eps=ev.eps, norm=ev.norm, model=target)
         key_src = json.dumps(
             {
-                "model": _model_identity(target),
+                "model": defender_identity(target),
                 "attacks": {k: a.config() for k, a in attacks.items()},
                 "repeats": ev.repeats,
                 **({"draws": ev.draws} if ev.draws != 1 else {}),
@@ -505,16 +509,6 @@ def _evaluate_models(
             "warnings": report_dict.get("warnings", []),
         }
     return results
-
-
-def _model_identity(model: torch.nn.Module) -> str:
-    from gametheory_defense.checkpoint import model_identity
-    from gametheory_defense.ensemble import MixedStrategyModel
-
-    if isinstance(model, MixedStrategyModel):
-        parts = [model_identity(m) for m in model.members] + [repr([round(float(p), 12) for p in model.strategy])]
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()
-    return model_identity(model)
 
 
 # --------------------------------------------------------------------------- the pipeline
