@@ -131,14 +131,6 @@ def _check_architectures(config: RunConfig, *, trust_code: bool) -> None:
             raise ConfigError(f"models.{m.name}.architecture: {exc}") from None
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _pretrained(m: Any, path: Path, train_set: Any, dataset: str, *, resume: bool, trust_code: bool) -> Path:
     """Copy the pretrained weights ``m.checkpoint`` into the run's checkpoint ``path`` (no training).
 
@@ -149,6 +141,7 @@ def _pretrained(m: Any, path: Path, train_set: Any, dataset: str, *, resume: boo
     """
     from gametheory_defense.checkpoint import (
         PLAIN_SUFFIXES,
+        _sha256_file,
         checkpoint_paths,
         load_checkpoint,
         load_model,
@@ -162,7 +155,7 @@ def _pretrained(m: Any, path: Path, train_set: Any, dataset: str, *, resume: boo
         raise ConfigError(f"models.{m.name}.checkpoint: {source_file} not found")
     recipe = {
         "pretrained": str(src),
-        "sha256": _file_sha256(source_file),
+        "sha256": _sha256_file(source_file),
         "architecture": m.architecture,
         "kwargs": dict(m.kwargs),
         "normalize": None if m.normalize is None else dict(m.normalize),

@@ -444,6 +444,26 @@ def test_resnet_pt_through_config_run_ensemble_and_evaluate_in_fresh_processes(
     assert result["clean_accuracy"] > 0.7 and result["worst_case_accuracy"] < result["clean_accuracy"] - 0.2
 
 
+def test_a_model_without_its_normalisation_is_not_served_the_cached_cells(resnet: nn.Module, digits, tmp_path: Path) -> None:
+    _, test = digits
+    torch.save(resnet.state_dict(), tmp_path / "r.pt")
+    kw: dict[str, Any] = {"architecture": ARCH, "kwargs": {"width": 8}, "input_shape": (1, 8, 8), "trust_code": True}
+    right = load_model(tmp_path / "r.pt", normalize=NORM, **kw)
+    missing = load_model(tmp_path / "r.pt", **kw)  # the same weights, its mean/std forgotten
+    x, y = test.images[:48], test.labels[:48]
+    attacks = {"fgsm": FGSM(0.1)}
+    first = build_payoff_matrix({"resnet": right}, attacks, (x, y), store=tmp_path / "cells", progress=False)
+    second = build_payoff_matrix({"resnet": missing}, attacks, (x, y), store=tmp_path / "cells", progress=False)
+    assert second.metadata["cells_reused"] == 0  # its own cells, not the correct model's
+    with torch.no_grad():
+        own = (missing(x).argmax(1) == y).float().mean().item()
+    assert second.clean_accuracy[0] == pytest.approx(own)
+    assert first.clean_accuracy[0] - own > 0.05  # and they really differ
+    again = build_payoff_matrix({"resnet": load_model(tmp_path / "r.pt", normalize=NORM, **kw)}, attacks, (x, y),
+                                store=tmp_path / "cells", progress=False)
+    assert again.metadata["cells_computed"] == 0 and again.values[0, 0] == first.values[0, 0]
+
+
 # --------------------------------------------------------------------------- Ray
 
 
@@ -479,7 +499,8 @@ def test_ray_executor_accepts_every_model_the_serial_one_does(
     defenders: dict[str, Any] = {
         "spec": DefenderSpec("spec", imported, trust_code=True),  # a checkpoint naming 'package.module:Class'
         "byname": in_memory,  # rebuilt on the workers from its architecture record
-        "bits2": nn.Sequential(BitDepth(2), in_memory).eval(),  # no architecture: shipped as the object
+        # parameter-free wrappers, no architecture: shipped as objects, one row each
+        **{f"bits{b}": nn.Sequential(BitDepth(b), in_memory).eval() for b in (1, 2, 8)},
     }
     x, y = as_tensors(load_dataset("digits", "test", progress=False).subset(24))
     attacks = {"fgsm": FGSM(0.1)}
@@ -489,7 +510,8 @@ def test_ray_executor_accepts_every_model_the_serial_one_does(
     )
     np.testing.assert_array_equal(serial.values, ray_m.values)
     np.testing.assert_array_equal(serial.clean_accuracy, ray_m.clean_accuracy)
-    assert ray_m.metadata["cells_computed"] > 0
+    assert ray_m.metadata["cells_computed"] == 2 * 5  # every row computed on the workers, none copied
+    assert len(set(serial.clean_accuracy[2:])) > 1  # the three bit depths are three different defenders
 
 
 # --------------------------------------------------------------------------- the example
