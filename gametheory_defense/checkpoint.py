@@ -203,9 +203,9 @@ def _architecture_of(model: nn.Module, given: Mapping[str, Any] | None = None) -
     if not isinstance(arch, Mapping) or not {"name", "input_shape"} <= set(arch):
         raise CheckpointError(
             f"cannot checkpoint a {type(model).__name__} without an `architecture`: build it with "
-            "gametheory_defense.models.build_model(...) (which sets model.architecture), or pass "
-            "architecture={'name': 'package.module:Class', 'kwargs': {...}, 'input_shape': [C, H, W]} "
-            "to save_checkpoint"
+            "gametheory_defense.models.build_model(...) or load_model(...) (which set model.architecture), or "
+            "set model.architecture = {'name': 'package.module:Class', 'kwargs': {...}, 'input_shape': [C, H, W]} "
+            "(save_checkpoint also takes it as architecture=...); see docs/models.md"
         )
     unknown = set(arch) - {"name", "input_shape", "num_classes", "kwargs", "normalize"}
     if unknown:

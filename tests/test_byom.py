@@ -210,6 +210,40 @@ def test_registration_and_entry_points_are_consent(tmp_path: Path, monkeypatch: 
         build_model("no-such-net", input_shape=(1, 8, 8))
 
 
+def test_seeded_builds_of_any_class_are_reproducible_and_leave_torch_rng_alone(tmp_path: Path, monkeypatch) -> None:
+    write_module(tmp_path, "marked_net_c")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    state = torch.random.get_rng_state()
+    a, b, c = (
+        build_model("marked_net_c:Net", input_shape=(1, 8, 8), trust_code=True, generator=torch.Generator().manual_seed(s))
+        for s in (3, 3, 4)
+    )
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(a[1].weight, b[1].weight) and not torch.equal(a[1].weight, c[1].weight)
+
+
+@pytest.mark.slow
+def test_pipeline_trains_an_imported_architecture(tmp_path: Path, monkeypatch) -> None:
+    from gametheory_defense.pipeline import run_pipeline
+
+    write_module(tmp_path, "marked_net_d")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = parse_config({
+        **base_config({"net": {"architecture": "marked_net_d:Net", "kwargs": {"hidden": 32}, "epochs": 2, "lr": 0.01,
+                               "normalize": {"mean": [0.3], "std": [0.4]}}}),
+        "evaluation": {"enabled": False},
+    })
+    with pytest.raises(UntrustedCodeError, match=r"models\.net: .*--trust-code"):
+        run_pipeline(cfg, tmp_path / "refused", progress=False)
+    result = run_pipeline(cfg, tmp_path / "out", progress=False, trust_code=True)
+    assert result.matrix.clean_accuracy[0] > 0.8  # it really trained
+    arch = json.loads((tmp_path / "out" / "models" / "net.json").read_text())["architecture"]
+    assert arch == {"name": "marked_net_d:Net", "input_shape": [1, 8, 8], "num_classes": 10,
+                    "kwargs": {"hidden": 32}, "normalize": {"mean": [0.3], "std": [0.4]}}
+    ens = MixedStrategyModel.load(tmp_path / "out" / "ensemble", trust_code=True)
+    assert ens.metadata["dataset"] == "digits"
+
+
 # --------------------------------------------------------------------------- clear errors
 
 
