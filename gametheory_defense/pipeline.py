@@ -131,7 +131,9 @@ def _check_architectures(config: RunConfig, *, trust_code: bool) -> None:
             raise ConfigError(f"models.{m.name}.architecture: {exc}") from None
 
 
-def _pretrained(m: Any, path: Path, train_set: Any, dataset: str, *, resume: bool, trust_code: bool) -> Path:
+def _pretrained(
+    m: Any, path: Path, train_set: Any, dataset: str, *, resume: bool, trust_code: bool, eval_set: Any = None
+) -> Path:
     """Copy the pretrained weights ``m.checkpoint`` into the run's checkpoint ``path`` (no training).
 
     A checkpoint with its sidecar is loaded as it is (its SAP settings dropped: the
@@ -189,6 +191,8 @@ def _pretrained(m: Any, path: Path, train_set: Any, dataset: str, *, resume: boo
                 f"models.{m.name}.checkpoint: {src} takes inputs {arch['input_shape']} with {arch['num_classes']} "
                 f"classes, but {dataset} has {list(shape)} with {classes}"
             )
+    if eval_set is not None:
+        _warn_if_chance(m.name, model, eval_set, dataset)
     log.info("using pretrained %s from %s (no training)", m.name, src)
     save_checkpoint(
         model,
@@ -199,6 +203,21 @@ def _pretrained(m: Any, path: Path, train_set: Any, dataset: str, *, resume: boo
         extra={"recipe": recipe},
     )
     return path
+
+
+def _warn_if_chance(name: str, model: torch.nn.Module, eval_set: Any, dataset: str) -> None:
+    """Warn when pretrained weights classify at chance level: a preprocessing mismatch, most likely."""
+    x, y = eval_set.images[:256], eval_set.labels[:256]
+    with torch.no_grad():
+        acc = float((model.eval()(x).argmax(1) == y).float().mean())
+    classes = int(eval_set.num_classes)
+    if acc < 1.5 / classes:
+        warnings.warn(
+            f"pretrained model {name!r} has clean accuracy {100 * acc:.1f}% on {dataset} ({classes} classes): near "
+            "chance. Does it expect normalised inputs (normalize = {mean, std}, gametheory_defense.models.Normalize), "
+            "another input scaling, or another class order?",
+            stacklevel=3,
+        )
 
 
 def _train_models(
@@ -222,7 +241,9 @@ def _train_models(
     for m in config.models:
         path = models_dir / m.name
         if m.checkpoint is not None:
-            paths[m.name] = _pretrained(m, path, train_set, config.data.dataset, resume=resume, trust_code=trust_code)
+            paths[m.name] = _pretrained(
+                m, path, train_set, config.data.dataset, resume=resume, trust_code=trust_code, eval_set=eval_set
+            )
             continue
         seed = m.seed if m.seed is not None else cell_seed(config.seed, "model", m.name)
         recipe = {

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -375,6 +376,17 @@ def test_pretrained_checkpoints_are_used_as_they_are(resnet: nn.Module, digits, 
     wrong = parse_config(base_config({"z": {"architecture": ARCH, "checkpoint": "zoo"}}), source=str(tmp_path / "run.toml"))
     with pytest.raises(ConfigError, match="records its own architecture"):
         _check_architectures(wrong, trust_code=True)
+    forgot = parse_config(base_config({"z": {"architecture": ARCH, "kwargs": {"width": 8}, "checkpoint": "r.pt"}}),
+                          source=str(tmp_path / "run.toml"))
+    with torch.no_grad():  # the weights read unnormalised inputs at chance level
+        resnet_acc = (resnet(test.images[:256]).argmax(1) == test.labels[:256]).float().mean().item()
+    assert resnet_acc < 0.15
+    with pytest.warns(UserWarning, match=r"near chance.*normalize = \{mean, std\}"):
+        _pretrained(forgot.models[0], tmp_path / "out" / "z", train, "digits", resume=False, trust_code=True,
+                    eval_set=test)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the right preprocessing: no warning
+        _pretrained(cfg.models[1], tmp_path / "out" / "p2", train, "digits", resume=False, trust_code=True, eval_set=test)
     nosidecar = parse_config(base_config({"z": {"checkpoint": "r.pt"}}), source=str(tmp_path / "run.toml"))
     with pytest.raises(ConfigError, match="give the architecture of this plain weights file"):
         _check_architectures(nosidecar, trust_code=True)
