@@ -591,7 +591,8 @@ def register_model(target: str | Callable[..., nn.Module], *, name: str | None =
         ``nn.Module``.
     name : str, optional
         A short name (e.g. ``"my-resnet"``) under which configs and sidecars may refer to
-        it; default the ``"package.module:Class"`` of ``target``.
+        it (the ``"package.module:Class"`` it stands for is registered too); default the
+        ``"package.module:Class"`` of ``target``.
 
     Returns
     -------
@@ -622,10 +623,18 @@ def register_model(target: str | Callable[..., nn.Module], *, name: str | None =
         raise ValueError(f"register_model: name must be a non-empty string without spaces, got {key!r}")
     if key in MODELS:
         raise ValueError(f"register_model: {key!r} is a built-in model name; choose another name")
-    old = _REGISTERED.get(key)
-    if old is not None and old is not target and old != target:
-        raise ValueError(f"register_model: {key!r} is already registered for {old!r}")
-    _REGISTERED[key] = target
+    keys = [key]
+    if name is not None:  # consent to the short name covers the import path it stands for
+        try:
+            keys.append(target if isinstance(target, str) else _spec_of(target))
+        except ValueError:
+            pass
+    for k in keys:
+        old = _REGISTERED.get(k)
+        if old is not None and old is not target and old != target:
+            raise ValueError(f"register_model: {k!r} is already registered for {old!r}")
+    for k in keys:
+        _REGISTERED[k] = target
     return key
 
 
@@ -798,6 +807,8 @@ def check_logits(out: Any, *, batch: int, name: str = "the model") -> torch.Tens
 def _first_layer_hint(model: nn.Module, shape: tuple[int, ...]) -> str:
     """What the first convolution or linear layer expects, as a hint for a shape error."""
     for qual, module in model.named_modules():
+        if isinstance(module, nn.modules.lazy.LazyModuleMixin):
+            return ""  # its input size is not known before the first call
         if isinstance(module, nn.modules.conv._ConvNd):
             if module.in_channels != shape[0]:
                 return f"; its first convolution {qual!r} expects {module.in_channels} input channel(s)"
