@@ -259,8 +259,9 @@ def accuracy(
     ----------
     model : torch.nn.Module
         Classifier returning logits.
-    data : ArrayDataset or (x, y)
-        Images in [0, 1] (N x C x H x W) and integer labels.
+    data : ArrayDataset, (x, y), Dataset or DataLoader
+        Images in [0, 1] (N x C x H x W) and integer labels (see
+        :func:`gametheory_defense.data.as_tensors`).
     attack : Attack, optional
         If given, each batch is replaced by ``attack(model, x, y, generator=generator)``.
     batch_size : int, default 256
@@ -283,6 +284,9 @@ def accuracy(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     x, y = _as_xy(data, "evaluation data")
     device = torch.device(device)
+    from gametheory_defense.models import check_classifier
+
+    check_classifier(model, x[:2].to(device))  # wrong shapes, tuple outputs, float64 weights: one line
     modes = {m: m.training for m in model.modules()}
     model.eval()
     correct = 0

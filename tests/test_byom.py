@@ -26,6 +26,7 @@ from gametheory_defense.data import as_tensors, load_dataset
 from gametheory_defense.ensemble import MixedStrategyModel
 from gametheory_defense.errors import AttackError, CheckpointError, ConfigError, UntrustedCodeError
 from gametheory_defense.evaluation import evaluate
+from gametheory_defense.training import accuracy
 from gametheory_defense.models import (
     ENTRY_POINT_GROUP,
     build_model,
@@ -293,6 +294,8 @@ def test_mistakes_fail_in_one_line_at_every_entry_point(model: nn.Module, patter
         evaluate(model, (x, y), {"fgsm": FGSM(0.1)}, progress=False)
     with pytest.raises(AttackError, match=pattern):
         PGD(0.1, steps=1)(model, x, y)
+    with pytest.raises(ValueError, match=pattern):
+        accuracy(model, (x, y), attack=FGSM(0.1))
 
 
 def test_dataloader_is_accepted_and_gives_the_same_matrix() -> None:
@@ -308,6 +311,7 @@ def test_dataloader_is_accepted_and_gives_the_same_matrix() -> None:
     assert got.metadata["data"]["sha256"] == ref.metadata["data"]["sha256"]
     rep = evaluate(model, loader, {"fgsm": FGSM(0.1)}, sanity_checks=False, progress=False)
     assert rep.attack("fgsm").accuracy == pytest.approx(ref.values[0, 0])
+    assert accuracy(model, loader, attack=FGSM(0.1)) == pytest.approx(ref.values[0, 0])
     with pytest.warns(UserWarning, match="DataLoader shuffles"):
         as_tensors(DataLoader(TensorDataset(x, y), batch_size=5, shuffle=True))
 
