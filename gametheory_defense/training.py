@@ -163,7 +163,8 @@ def _as_xy(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     lo, hi = float(x.min()), float(x.max())
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0.0 or hi > 1.0:
         raise DataError(
-            f"{what}: images must lie in [0, 1] (normalisation belongs inside the model), got range [{lo:.3g}, {hi:.3g}]"
+            f"{what}: images must lie in [0, 1] (normalisation belongs inside the model: "
+            f"gametheory_defense.models.Normalize, or the normalize = {{mean, std}} option), got range [{lo:.3g}, {hi:.3g}]"
         )
     return x.float(), y.long()
 
