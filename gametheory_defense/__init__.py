@@ -42,6 +42,8 @@ _LAZY = {
     "StochasticActivationPruning": "gametheory_defense.sap",
     "sap_settings": "gametheory_defense.sap",
     "remove_sap": "gametheory_defense.sap",
+    "activation_sites": "gametheory_defense.sap",
+    "SAPCoverageError": "gametheory_defense.sap",
     "train": "gametheory_defense.training",
     "TrainResult": "gametheory_defense.training",
     "Checkpoint": "gametheory_defense.checkpoint",

@@ -424,17 +424,28 @@ def _validate_architecture(arch: Any, where: Path) -> None:
 def _validate_sap(sap: Any, where: Path) -> dict[str, Any]:
     if not isinstance(sap, Mapping):
         raise CheckpointError(f"{where}: 'sap' must be null or an object with frac, mode, layers; got {sap!r}")
-    unknown = set(sap) - {"frac", "mode", "layers"}
+    unknown = set(sap) - {"frac", "mode", "layers", "activations"}
     if unknown:
-        raise CheckpointError(f"{where}: unknown SAP setting(s) {sorted(unknown)}; allowed: frac, mode, layers")
+        raise CheckpointError(
+            f"{where}: unknown SAP setting(s) {sorted(unknown)}; allowed: frac, mode, layers, activations"
+        )
     frac, mode, layers = sap.get("frac"), sap.get("mode", "exact"), sap.get("layers")
+    activations = sap.get("activations", "relu")
     if not (isinstance(frac, (int, float)) and not isinstance(frac, bool) and math.isfinite(frac) and frac > 0):
         raise CheckpointError(f"{where}: SAP 'frac' must be a positive number, got {frac!r}")
     if not isinstance(mode, str):
         raise CheckpointError(f"{where}: SAP 'mode' must be a string, got {mode!r}")
     if layers is not None and not (isinstance(layers, list) and all(isinstance(n, str) for n in layers)):
         raise CheckpointError(f"{where}: SAP 'layers' must be null or a list of layer names, got {layers!r}")
-    return {"frac": float(frac), "mode": mode, "layers": None if layers is None else list(layers)}
+    if not (
+        isinstance(activations, str)
+        or (isinstance(activations, list) and activations and all(isinstance(a, str) for a in activations))
+    ):
+        raise CheckpointError(f"{where}: SAP 'activations' must be a name or a list of names, got {activations!r}")
+    out = {"frac": float(frac), "mode": mode, "layers": None if layers is None else list(layers)}
+    if sap.get("activations") is not None:  # absent in earlier versions: ReLU
+        out["activations"] = activations if isinstance(activations, str) else list(activations)
+    return out
 
 
 def _read_tensors(weights_path: Path, expected_sha: str) -> dict[str, torch.Tensor]:
@@ -572,7 +583,13 @@ def load_checkpoint(
         from gametheory_defense.sap import apply_sap
 
         try:
-            model = apply_sap(model, settings["frac"], mode=settings["mode"], layers=settings["layers"])
+            model = apply_sap(
+                model,
+                settings["frac"],
+                mode=settings["mode"],
+                layers=settings["layers"],
+                activations=settings.get("activations", "relu"),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"{sidecar_path}: invalid SAP settings {settings} ({exc})") from None
 

@@ -131,6 +131,13 @@ def test_sap_override_at_load(tmp_path: Path) -> None:
         load_checkpoint(base2, sap={"frac": -1.0})
     with pytest.raises(CheckpointError, match="plain.json"):
         load_checkpoint(base2, sap={"frac": 0.5, "layers": ["no-such-relu"]})
+    # the "activations" setting (absent in earlier versions: ReLU) is checked and passed on
+    with_kind = load_checkpoint(base2, sap={"frac": 0.5, "layers": None, "activations": "relu"}).model
+    assert sap_settings(with_kind) == sap_settings(load_checkpoint(base2, sap={"frac": 0.5}).model)
+    with pytest.raises(CheckpointError, match="plain.json.*activations"):
+        load_checkpoint(base2, sap={"frac": 0.5, "activations": 3})
+    with pytest.raises(CheckpointError, match="plain.json.*gelu"):  # the MLP has no GELU
+        load_checkpoint(base2, sap={"frac": 0.5, "activations": "gelu"})
 
 
 # --------------------------------------------------------------------------- identities
