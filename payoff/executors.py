@@ -213,7 +213,13 @@ class ModulePayload:
         )
         model.load_state_dict(load(self.weights), strict=True)
         if self.sap is not None:
-            model = apply_sap(model, self.sap["frac"], mode=self.sap["mode"], layers=self.sap["layers"])
+            model = apply_sap(
+                model,
+                self.sap["frac"],
+                mode=self.sap["mode"],
+                layers=self.sap["layers"],
+                activations=self.sap.get("activations", "relu"),
+            )
         return model.to(device).eval()
 
 
