@@ -130,10 +130,12 @@ def main() -> None:
     for name, row in zip(matrix.defenders, matrix.values):
         print(f"{name:>14}: " + "  ".join(f"{a} {v:.3f}" for a, v in zip(matrix.attackers, row)))
     eq = solve_zero_sum(matrix)
-    mixture = ", ".join(f"{n} {p:.3f}" for n, p in zip(eq.defenders, eq.defender_strategy))
-    print(f"game value {eq.value:.3f}; defender mixture: {mixture}")
+    support = ", ".join(f"{n} {p:.3f}" for n, p in zip(eq.defenders, eq.defender_strategy))
+    print(f"game value {eq.value:.3f}; defender mixture: {support}")
     models = {name: spec.load() for name, spec in defenders.items()}
-    MixedStrategyModel.from_equilibrium(eq, models).save(args.out / "ensemble", overwrite=True)
+    mixture = MixedStrategyModel.from_equilibrium(eq, models)
+    mixture.metadata["dataset"] = "digits"  # so that `gtdefense evaluate` needs no --dataset
+    mixture.save(args.out / "ensemble", overwrite=True)
 
     # 4. load the ensemble back (the registration above covers its members) and attack it with
     #    EOT-PGD (the full adaptive suite: evaluate(ensemble, test, "adaptive", eps=0.1))
@@ -143,7 +145,7 @@ def main() -> None:
     print(report.to_markdown())
     print(
         f"in a fresh process: PYTHONPATH={Path(__file__).resolve().parent} "
-        f"gtdefense evaluate {args.out / 'ensemble'} --trust-code --dataset digits"
+        f"gtdefense evaluate {args.out / 'ensemble'} --trust-code"
     )
 
 

@@ -576,5 +576,10 @@ def test_example_script_runs(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "game value" in proc.stdout and "| eot-pgd |" in proc.stdout
-    assert (tmp_path / "byom" / "ensemble" / "ensemble.json").is_file()
     assert (tmp_path / "byom" / "models" / "resnet.json").is_file()
+    # the command it prints for a fresh process works as printed (plus a short attack)
+    command = next(line for line in proc.stdout.splitlines() if line.startswith("in a fresh process:"))
+    assert command.endswith(f"gtdefense evaluate {tmp_path / 'byom' / 'ensemble'} --trust-code")
+    ev = run_cli("evaluate", str(tmp_path / "byom" / "ensemble"), "--trust-code", "--attack", "fgsm", "--eps", "0.1",
+                 "--n", "32", "--no-progress", "--no-sanity-checks", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr[-3000:]
