@@ -145,15 +145,20 @@ def model_recipe(
     train_data: str,
     seed: int,
     training: Mapping[str, Any],
+    kwargs: Mapping[str, Any] | None = None,
+    normalize: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Identity of a trained model: everything its weights depend on (given the torch build).
 
-    ``training`` is the model's :func:`~gametheory_defense.training.train` settings and
-    ``train_data`` the digest of the training images and labels.
+    ``training`` is the model's :func:`~gametheory_defense.training.train` settings,
+    ``train_data`` the digest of the training images and labels, ``kwargs`` and
+    ``normalize`` the architecture's keyword arguments and input normalisation, if any.
     """
     return {
         "version": RESULT_VERSION,
         "architecture": architecture,
+        **({"kwargs": dict(kwargs)} if kwargs else {}),
+        **({"normalize": dict(normalize)} if normalize is not None else {}),
         "dataset": dataset,
         "train_size": train_size,
         "train_data": train_data,

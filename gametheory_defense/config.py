@@ -61,10 +61,21 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """``[[models]]``: one base model to train (standard or PGD adversarial training)."""
+    """``[[models]]`` or ``[models.NAME]``: one base model, trained here or pretrained.
+
+    ``architecture`` is a built-in name, a registered name or ``"package.module:Class"``
+    (with constructor ``kwargs``; importing it needs ``--trust-code`` unless registered).
+    ``checkpoint`` points at pretrained weights used as they are (no training): a
+    checkpoint with its sidecar, or a plain ``.pt``/``.pth``/``.safetensors`` state dict
+    together with ``architecture``. ``normalize = {mean, std}`` puts a
+    :class:`~gametheory_defense.models.Normalize` layer in front of the model.
+    """
 
     name: str
-    architecture: str
+    architecture: str | None = None
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    normalize: Mapping[str, Any] | None = None
+    checkpoint: str | None = None
     method: str = _TRAIN["method"]
     epochs: int = _TRAIN["epochs"]
     eps: float = _TRAIN["eps"]
@@ -378,7 +389,6 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
     """Validate a configuration table (already parsed from TOML) and return a :class:`RunConfig`."""
     from gametheory_defense.attacks import ATTACKS, build_attack
     from gametheory_defense.data import DATASETS
-    from gametheory_defense.models import MODELS
 
     allowed = {"run", "data", "models", "defenders", "attackers", "game", "evaluation", "double_oracle"}
     for key in raw:
@@ -401,16 +411,9 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
     _check_max(data.train_size, "data.train_size")
     input_shape = tuple(DATASETS[data.dataset].input_shape)
 
-    models_raw = raw.get("models")
-    if not isinstance(models_raw, list) or not models_raw:
-        raise ConfigError("models: at least one [[models]] table is required")
-    models = tuple(_section(ModelConfig, m, f"models[{i}]") for i, m in enumerate(models_raw))
+    models = _parse_models(raw.get("models"), source)
     for i, m in enumerate(models):
         where = f"models[{i}]"
-        if m.architecture not in MODELS:
-            raise ConfigError(
-                f"{where}.architecture: unknown model {m.architecture!r} (choose from {', '.join(MODELS)})"
-            )
         _check_choice(m.method, "models.method")
         _check_choice(m.optimizer, "models.optimizer")
         _check_positive(m.epochs, f"{where}.epochs")
@@ -533,6 +536,70 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
             raise ConfigError(f"defenders: the name {n!r} is reserved; rename that model")
     _check_file_collisions(names, "defenders", "robustness/NAME.json", reserved=RESERVED_NAMES)
     return config
+
+
+#: Keys of a model table that only concern training (refused next to ``checkpoint``).
+_TRAINING_KEYS = (
+    "method", "epochs", "eps", "attack_steps", "step_size", "eps_warmup_epochs",
+    "batch_size", "lr", "optimizer", "weight_decay", "seed",
+)
+
+
+def _parse_models(models_raw: Any, source: str | None) -> tuple[ModelConfig, ...]:
+    """``[[models]]`` (a list of tables with ``name``) or ``[models.NAME]`` (a table of tables)."""
+    from gametheory_defense.models import MODELS, is_import_spec, parse_normalize, registered_models
+
+    if isinstance(models_raw, Mapping):
+        tables = []
+        for name, table in models_raw.items():
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"models.{name}: expected a table, got {type(table).__name__}")
+            if "name" in table and table["name"] != name:
+                raise ConfigError(f"models.{name}: 'name' = {table['name']!r} differs from the table's name")
+            tables.append((f"models.{name}", {**table, "name": name}))
+    elif isinstance(models_raw, list):
+        tables = [(f"models[{i}]", m) for i, m in enumerate(models_raw)]
+    else:
+        tables = []
+    if not tables:
+        raise ConfigError("models: at least one [[models]] (or [models.NAME]) table is required")
+    out = []
+    for where, table in tables:
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
+        rest = {k: v for k, v in table.items() if k not in ("kwargs", "normalize")}
+        m = _section(ModelConfig, rest, where)
+        kwargs = table.get("kwargs", {})
+        if not isinstance(kwargs, Mapping):
+            raise ConfigError(f"{where}.kwargs: expected a table of constructor arguments, got {kwargs!r}")
+        try:
+            normalize = parse_normalize(table.get("normalize"))
+        except ValueError as exc:
+            raise ConfigError(f"{where}.{exc}") from None
+        arch = m.architecture
+        if arch is not None and arch not in MODELS and not is_import_spec(arch) and arch not in registered_models():
+            raise ConfigError(
+                f"{where}.architecture: unknown model {arch!r} (choose from {', '.join(MODELS)}, a registered "
+                "name, or 'package.module:Class')"
+            )
+        if kwargs and (arch is None or arch in MODELS):
+            raise ConfigError(f"{where}.kwargs: only for architectures named as 'package.module:Class' or registered")
+        checkpoint = m.checkpoint
+        if checkpoint is not None:
+            given = [k for k in _TRAINING_KEYS if k in table]
+            if given:
+                raise ConfigError(
+                    f"{where}: '{given[0]}' configures training, but checkpoint = {checkpoint!r} is used as it is "
+                    "(no training); remove it"
+                )
+            path = Path(checkpoint).expanduser()
+            if not path.is_absolute() and source is not None:
+                path = Path(source).parent / path  # relative to the configuration file
+            checkpoint = str(path)
+        elif arch is None:
+            raise ConfigError(f"{where}: missing required key 'architecture' (or a pretrained 'checkpoint')")
+        out.append(dataclasses.replace(m, kwargs=dict(kwargs), normalize=normalize, checkpoint=checkpoint))
+    return tuple(out)
 
 
 def defender_names(config: RunConfig) -> list[str]:

@@ -546,7 +546,9 @@ class MixedStrategyModel(StochasticModule):
         return target
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> MixedStrategyModel:
+    def load(
+        cls, directory: str | os.PathLike[str], *, device: str | torch.device = "cpu", trust_code: bool = False
+    ) -> MixedStrategyModel:
         """Rebuild an ensemble written by :meth:`save`, without unpickling anything.
 
         Checks the manifest (format, version, names, strategy length and sum, sample mode),
@@ -559,6 +561,9 @@ class MixedStrategyModel(StochasticModule):
             An ensemble directory.
         device : str or torch.device, default "cpu"
             Where the members live.
+        trust_code : bool, default False
+            Allow importing members' architectures named as ``"package.module:Class"``
+            that are not registered (see :func:`~gametheory_defense.checkpoint.load_checkpoint`).
 
         Returns
         -------
@@ -648,7 +653,7 @@ class MixedStrategyModel(StochasticModule):
             sap = entry.get("sap")
             if sap is not None and not isinstance(sap, dict):
                 raise bad(f"member {i} ({entry['name']!r}): 'sap' must be null or an object, got {sap!r}")
-            ckpt = load_checkpoint(root / entry["weights"], device=device, sap=sap)
+            ckpt = load_checkpoint(root / entry["weights"], device=device, sap=sap, trust_code=trust_code)
             arch = ckpt.metadata.get("architecture")
             if entry.get("architecture") is not None and entry["architecture"] != arch:
                 raise CheckpointError(

@@ -88,6 +88,126 @@ def _read_json(path: Path) -> Any | None:
 # --------------------------------------------------------------------------- training
 
 
+def _check_architectures(config: RunConfig, *, trust_code: bool) -> None:
+    """Fail before any work when a model's code may not be imported (no --trust-code, not registered)."""
+    from gametheory_defense.checkpoint import PLAIN_SUFFIXES, checkpoint_paths, read_metadata
+    from gametheory_defense.errors import UntrustedCodeError
+    from gametheory_defense.models import MODELS, resolve_architecture
+
+    for m in config.models:
+        name = m.architecture
+        if name is None and m.checkpoint is not None:
+            ckpt = Path(m.checkpoint)
+            if ckpt.suffix.lower() in PLAIN_SUFFIXES or not checkpoint_paths(ckpt)[1].is_file():
+                raise ConfigError(
+                    f"models.{m.name}.checkpoint: {ckpt} is not a checkpoint with a sidecar (NAME.safetensors + "
+                    "NAME.json); give the architecture of this plain weights file"
+                )
+            name = read_metadata(ckpt)["architecture"]["name"]
+        elif m.checkpoint is not None and Path(m.checkpoint).suffix.lower() not in PLAIN_SUFFIXES and checkpoint_paths(m.checkpoint)[1].is_file():
+            raise ConfigError(
+                f"models.{m.name}: checkpoint {m.checkpoint} records its own architecture; remove architecture, "
+                "kwargs and normalize (or point at a plain .pt/.pth/.safetensors file)"
+            )
+        if name in MODELS:
+            continue
+        try:
+            resolve_architecture(name, trust_code=trust_code)
+        except UntrustedCodeError as exc:
+            raise UntrustedCodeError(f"models.{m.name}: {exc}") from None
+        except ValueError as exc:
+            raise ConfigError(f"models.{m.name}.architecture: {exc}") from None
+
+
+def _pretrained(
+    m: Any, path: Path, train_set: Any, dataset: str, *, resume: bool, trust_code: bool, eval_set: Any = None
+) -> Path:
+    """Copy the pretrained weights ``m.checkpoint`` into the run's checkpoint ``path`` (no training).
+
+    A checkpoint with its sidecar is loaded as it is (its SAP settings dropped: the
+    ``[defenders]`` section applies SAP); a plain state dict is loaded into
+    ``m.architecture`` (``kwargs``, ``normalize``) for the data set's input shape and
+    number of classes. Reused with ``resume`` while the source file is unchanged.
+    """
+    from gametheory_defense.checkpoint import (
+        PLAIN_SUFFIXES,
+        _sha256_file,
+        checkpoint_paths,
+        load_checkpoint,
+        load_model,
+        save_checkpoint,
+    )
+
+    src = Path(m.checkpoint)
+    plain = src.suffix.lower() in PLAIN_SUFFIXES or not checkpoint_paths(src)[1].is_file()
+    source_file = src if plain else checkpoint_paths(src)[0]
+    if not source_file.is_file():
+        raise ConfigError(f"models.{m.name}.checkpoint: {source_file} not found")
+    recipe = {
+        "pretrained": str(src),
+        "sha256": _sha256_file(source_file),
+        "architecture": m.architecture,
+        "kwargs": dict(m.kwargs),
+        "normalize": None if m.normalize is None else dict(m.normalize),
+    }
+    sidecar = _read_json(checkpoint_paths(path)[1])
+    if resume and sidecar is not None and (sidecar.get("extra") or {}).get("recipe") == recipe:
+        try:
+            load_checkpoint(path, trust_code=trust_code)  # verifies the weights
+            log.info("reusing pretrained model %s", m.name)
+            return path
+        except CheckpointError as exc:
+            log.warning("re-importing %s: %s", m.name, exc)
+    shape, classes = tuple(train_set.input_shape), int(train_set.num_classes)
+    if plain:
+        model = load_model(
+            src,
+            architecture=m.architecture,
+            input_shape=shape,
+            num_classes=classes,
+            kwargs=m.kwargs,
+            normalize=m.normalize,
+            trust_code=trust_code,
+        )
+        meta: dict[str, Any] = {}
+    else:
+        ckpt = load_checkpoint(src, sap=None, trust_code=trust_code)
+        model, meta = ckpt.model, ckpt.metadata
+        arch = meta["architecture"]
+        if list(arch["input_shape"]) != list(shape) or int(arch["num_classes"]) != classes:
+            raise ConfigError(
+                f"models.{m.name}.checkpoint: {src} takes inputs {arch['input_shape']} with {arch['num_classes']} "
+                f"classes, but {dataset} has {list(shape)} with {classes}"
+            )
+    if eval_set is not None:
+        _warn_if_chance(m.name, model, eval_set, dataset)
+    log.info("using pretrained %s from %s (no training)", m.name, src)
+    save_checkpoint(
+        model,
+        path,
+        training=meta.get("training"),
+        dataset=dataset,
+        metrics=meta.get("metrics"),
+        extra={"recipe": recipe},
+    )
+    return path
+
+
+def _warn_if_chance(name: str, model: torch.nn.Module, eval_set: Any, dataset: str) -> None:
+    """Warn when pretrained weights classify at chance level: a preprocessing mismatch, most likely."""
+    x, y = eval_set.images[:256], eval_set.labels[:256]
+    with torch.no_grad():
+        acc = float((model.eval()(x).argmax(1) == y).float().mean())
+    classes = int(eval_set.num_classes)
+    if acc < 1.5 / classes:
+        warnings.warn(
+            f"pretrained model {name!r} has clean accuracy {100 * acc:.1f}% on {dataset} ({classes} classes): near "
+            "chance. Does it expect normalised inputs (normalize = {mean, std}, gametheory_defense.models.Normalize), "
+            "another input scaling, or another class order?",
+            stacklevel=3,
+        )
+
+
 def _train_models(
     config: RunConfig,
     out: Path | RunDirectory,
@@ -97,6 +217,7 @@ def _train_models(
     device: torch.device,
     resume: bool,
     progress: bool,
+    trust_code: bool = False,
 ) -> dict[str, Path]:
     from gametheory_defense.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
     from gametheory_defense.models import build_model
@@ -108,6 +229,11 @@ def _train_models(
     paths: dict[str, Path] = {}
     for m in config.models:
         path = models_dir / m.name
+        if m.checkpoint is not None:
+            paths[m.name] = _pretrained(
+                m, path, train_set, config.data.dataset, resume=resume, trust_code=trust_code, eval_set=eval_set
+            )
+            continue
         seed = m.seed if m.seed is not None else cell_seed(config.seed, "model", m.name)
         recipe = cache_keys.model_recipe(
             architecture=m.architecture,
@@ -116,6 +242,8 @@ def _train_models(
             train_data=train_digest,
             seed=seed,
             training=m.training_kwargs(),
+            kwargs=m.kwargs,
+            normalize=m.normalize,
         )
         sidecar_path = checkpoint_paths(path)[1]  # NAME.json; names may contain dots ("pgd-at-0.3")
         sidecar = _read_json(sidecar_path)
@@ -123,7 +251,7 @@ def _train_models(
             stored = (sidecar.get("extra") or {}).get("recipe")
             if stored == recipe:
                 try:
-                    load_checkpoint(path)  # verifies the sidecar's digest and the weights
+                    load_checkpoint(path, trust_code=trust_code)  # verifies the sidecar's digest and the weights
                     log.info("reusing trained model %s", m.name)
                     paths[m.name] = path
                     continue
@@ -134,7 +262,13 @@ def _train_models(
                 log.warning("%s: trained with another recipe (%s differ); retraining %s", sidecar_path, changed, m.name)
         gen = torch.Generator().manual_seed(seed)
         model = build_model(
-            m.architecture, input_shape=tuple(train_set.input_shape), num_classes=train_set.num_classes, generator=gen
+            m.architecture,
+            input_shape=tuple(train_set.input_shape),
+            num_classes=train_set.num_classes,
+            generator=gen,
+            kwargs=m.kwargs or None,
+            normalize=m.normalize,
+            trust_code=trust_code,
         )
         log.info("training %s (%s, %s)", m.name, m.architecture, m.method)
         result = train(
@@ -162,7 +296,7 @@ def _train_models(
     return paths
 
 
-def defender_specs(config: RunConfig, model_paths: Mapping[str, Path]) -> dict[str, Any]:
+def defender_specs(config: RunConfig, model_paths: Mapping[str, Path], *, trust_code: bool = False) -> dict[str, Any]:
     """The game's defenders (rows) of ``config``: each base model and SAP at every configured rate.
 
     Parameters
@@ -170,6 +304,8 @@ def defender_specs(config: RunConfig, model_paths: Mapping[str, Path]) -> dict[s
     config : RunConfig
     model_paths : Mapping[str, Path]
         Checkpoint of every base model by name (``OUT/models/NAME`` in a pipeline run).
+    trust_code : bool, default False
+        Passed to every spec: the checkpoints may name ``"package.module:Class"`` code.
 
     Returns
     -------
@@ -186,12 +322,12 @@ def defender_specs(config: RunConfig, model_paths: Mapping[str, Path]) -> dict[s
     sap_models = config.defenders.sap_models
     for m in config.models:
         if config.defenders.include_base:
-            specs[m.name] = DefenderSpec(m.name, model_paths[m.name], None)
+            specs[m.name] = DefenderSpec(m.name, model_paths[m.name], None, trust_code=trust_code)
         if sap_models is None or m.name in sap_models:
             for frac in config.defenders.sap_fracs:
                 name = f"{m.name}+sap{frac:g}"
                 sap = {"frac": float(frac), "mode": config.defenders.sap_mode, "layers": None}
-                specs[name] = DefenderSpec(name, model_paths[m.name], sap)
+                specs[name] = DefenderSpec(name, model_paths[m.name], sap, trust_code=trust_code)
     assert list(specs) == defender_names(config)
     return specs
 
@@ -200,7 +336,10 @@ def load_defenders(specs: Mapping[str, Any], device: str | torch.device) -> dict
     """Load every ``DefenderSpec`` of ``specs`` (SAP applied as the spec says) onto ``device``."""
     from gametheory_defense.checkpoint import load_checkpoint
 
-    return {name: load_checkpoint(s.checkpoint, device=device, sap=s.sap).model for name, s in specs.items()}
+    return {
+        name: load_checkpoint(s.checkpoint, device=device, sap=s.sap, trust_code=getattr(s, "trust_code", False)).model
+        for name, s in specs.items()
+    }
 
 
 # --------------------------------------------------------------------------- double oracle
@@ -468,6 +607,7 @@ def run_pipeline(
     data_dir: str | None = None,
     command: Sequence[str] | None = None,
     progress: bool = True,
+    trust_code: bool = False,
 ) -> RunResult:
     """Train, build the payoff matrix, solve, save the ensemble, evaluate adaptively, report.
 
@@ -494,6 +634,12 @@ def run_pipeline(
         Overrides ``[data] data_dir``.
     command : sequence of str, optional
         The command line that reproduces this run (written into the report).
+    progress : bool
+        Show progress bars.
+    trust_code : bool
+        Allow importing models' architectures named as ``"package.module:Class"`` that are
+        not registered (``--trust-code``); without it such a configuration fails before
+        any work.
     """
     out = Path(out)
     dev = resolve_device(device)
@@ -501,12 +647,15 @@ def run_pipeline(
         config = dataclasses.replace(config, game=dataclasses.replace(config.game, executor=executor))
     if data_dir is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=data_dir))
+    _check_architectures(config, trust_code=trust_code)
     _check_out_dir(out, resume)
     rd = RunDirectory(out)
     shown = " ".join(command) if command else reproduce_command()
     with rd.lock(command=shown):
         _check_out_dir(out, resume)  # again, now that no other process can write
-        return _run_locked(config, rd, resume=resume, dev=dev, command=command, progress=progress)
+        return _run_locked(
+            config, rd, resume=resume, dev=dev, command=command, progress=progress, trust_code=trust_code
+        )
 
 
 def _run_locked(
@@ -517,6 +666,7 @@ def _run_locked(
     dev: torch.device,
     command: Sequence[str] | None,
     progress: bool,
+    trust_code: bool,
 ) -> RunResult:
     from gametheory_defense.data import load_dataset
     from gametheory_defense.ensemble import MixedStrategyModel
@@ -562,12 +712,14 @@ def _run_locked(
     idx = list(range(d.eval_offset, d.eval_offset + d.eval_size))
     eval_set = test_set.subset(idx)
     x_eval, y_eval = eval_set.images, eval_set.labels
-    model_paths = _train_models(config, rd, train_set, eval_set, device=dev, resume=resume, progress=progress)
+    model_paths = _train_models(
+        config, rd, train_set, eval_set, device=dev, resume=resume, progress=progress, trust_code=trust_code
+    )
     seconds["train"] = time.perf_counter() - t
 
     # 2. payoff matrix
     t = time.perf_counter()
-    specs = defender_specs(config, model_paths)
+    specs = defender_specs(config, model_paths, trust_code=trust_code)
     from gametheory_defense.attacks import build_attack
 
     attackers = {a.name: build_attack(a.attack, **a.params) for a in config.attackers}

@@ -190,7 +190,8 @@ def _as_xy(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     lo, hi = float(x.min()), float(x.max())
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0.0 or hi > 1.0:
         raise DataError(
-            f"{what}: images must lie in [0, 1] (normalisation belongs inside the model), got range [{lo:.3g}, {hi:.3g}]"
+            f"{what}: images must lie in [0, 1] (normalisation belongs inside the model: "
+            f"gametheory_defense.models.Normalize, or the normalize = {{mean, std}} option), got range [{lo:.3g}, {hi:.3g}]"
         )
     return x.float(), y.long()
 
@@ -286,8 +287,9 @@ def accuracy(
     ----------
     model : torch.nn.Module
         Classifier returning logits.
-    data : ArrayDataset or (x, y)
-        Images in [0, 1] (N x C x H x W) and integer labels.
+    data : ArrayDataset, (x, y), Dataset or DataLoader
+        Images in [0, 1] (N x C x H x W) and integer labels (see
+        :func:`gametheory_defense.data.as_tensors`).
     attack : Attack, optional
         If given, each batch is replaced by ``attack(model, x, y, generator=generator)``.
     batch_size : int, default 256
@@ -310,6 +312,9 @@ def accuracy(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     x, y = _as_xy(data, "evaluation data")
     device = torch.device(device)
+    from gametheory_defense.models import check_classifier
+
+    check_classifier(model, x[:2].to(device))  # wrong shapes, tuple outputs, float64 weights: one line
     modes = {m: m.training for m in model.modules()}
     model.eval()
     correct = 0

@@ -266,6 +266,12 @@ def build_payoff_matrix(
                     stacklevel=2,
                 )
             models[name] = d.to(device)
+    from gametheory_defense.models import check_classifier
+
+    for name, m in models.items():  # wrong shapes, tuple outputs, float64 weights: one line, before any work
+        k = check_classifier(m, x[:2], name=f"defender {name!r}")
+        if n and int(y.max()) >= k:
+            raise ValueError(f"defender {name!r} has {k} logits but the labels go up to {int(y.max())}")
     ident = {name: defender_identity(m) for name, m in models.items()}
     stoch = {name: is_stochastic(m) for name, m in models.items()}
     check_distinct(ident, defs)  # two different models must never share one set of results

@@ -62,18 +62,22 @@ class DefenderSpec:
         ``"keep"`` uses the checkpoint's own settings, ``None`` loads the plain base model,
         ``{"frac": ..., "mode": ..., "layers": ...}`` applies those SAP settings (one base
         checkpoint serves several SAP defenders).
+    trust_code : bool, default False
+        Allow importing the checkpoint's architecture when it is an unregistered
+        ``"package.module:Class"`` (see :func:`~gametheory_defense.checkpoint.load_checkpoint`).
     """
 
     name: str
     checkpoint: str | Path
     sap: Mapping[str, Any] | None | Literal["keep"] = "keep"
+    trust_code: bool = False
 
     def load(self, *, device: str | torch.device = "cpu") -> nn.Module:
         """Load the model (``eval()`` mode) on ``device``."""
         from gametheory_defense.checkpoint import load_checkpoint
 
         sap = self.sap if (self.sap is None or isinstance(self.sap, str)) else dict(self.sap)
-        return load_checkpoint(self.checkpoint, device=device, sap=sap).model
+        return load_checkpoint(self.checkpoint, device=device, sap=sap, trust_code=self.trust_code).model
 
 
 # --------------------------------------------------------------------------- tasks

@@ -7,6 +7,8 @@ import logging
 import sys
 import warnings
 
+from gametheory_defense.cli import add_trust_code_option
+
 __all__ = ["register", "run", "NON_EOT_WARNING"]
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     p.add_argument("--batch-size", type=int, default=256, help="examples per attack call (default 256)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_trust_code_option(p)
     p.set_defaults(func=run)
 
 
@@ -86,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if not dataset:
         raise ConfigError(f"{args.checkpoint}: the checkpoint records no data set; pass --dataset")
     sap = "keep" if args.sap_frac is None else {"frac": args.sap_frac, "mode": args.sap_mode, "layers": None}
-    ckpt = load_checkpoint(args.checkpoint, device=args.device, sap=sap)
+    ckpt = load_checkpoint(args.checkpoint, device=args.device, sap=sap, trust_code=args.trust_code)
 
     test_set = load_dataset(dataset, "test", data_dir=args.data_dir, download=args.download)
     test_set = test_set.subset(min(args.n, len(test_set.labels)))

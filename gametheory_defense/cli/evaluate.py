@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gametheory_defense.cli import add_trust_code_option
+
 __all__ = ["register", "run"]
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="where to write the report as Markdown (default: NAME.evaluation.md next to a "
                         "checkpoint, DIR/evaluation.md for an ensemble)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_trust_code_option(p)
     p.set_defaults(func=run)
 
 
@@ -89,7 +92,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, str | None]:
     if path.is_dir():
         if not (path / MANIFEST).is_file():
             raise CheckpointError(f"{path}: a directory without {MANIFEST} is not an ensemble; pass a checkpoint or an ensemble directory")
-        model = MixedStrategyModel.load(path, device=args.device)
+        model = MixedStrategyModel.load(path, device=args.device, trust_code=args.trust_code)
         dataset = model.metadata.get("dataset")
         if dataset is None:
             import json
@@ -112,7 +115,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, str | None]:
     if not any(c.is_file() for c in candidates):
         raise FileNotFoundError(f"{path}: no such checkpoint or ensemble directory")
     sap = "keep" if args.sap_frac is None else {"frac": args.sap_frac, "mode": args.sap_mode, "layers": None}
-    ckpt = load_checkpoint(path, device=args.device, sap=sap)
+    ckpt = load_checkpoint(path, device=args.device, sap=sap, trust_code=args.trust_code)
     return ckpt.model, ckpt.metadata.get("dataset")
 
 

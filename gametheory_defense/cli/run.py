@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from gametheory_defense.cli import add_trust_code_option
+
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``run`` and ``demo``."""
@@ -27,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("config", type=Path, help="TOML configuration file")
     add_run_options(p)
+    add_trust_code_option(p)
     p.set_defaults(func=run)
 
 
@@ -47,6 +50,7 @@ def execute(config_path: Path, args: argparse.Namespace, command: list[str]) -> 
         data_dir=args.data_dir,
         command=command,
         progress=not args.no_progress,
+        trust_code=getattr(args, "trust_code", False),
     )
     eq = result.equilibrium
     iv = game_value_interval(result.matrix, eq)
@@ -71,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         command += ["--data-dir", args.data_dir]
     if args.executor:
         command += ["--executor", args.executor]
+    if args.trust_code:
+        command += ["--trust-code"]
     return execute(args.config, args, command)
 
 
