@@ -231,7 +231,9 @@ def test_iterative_methods_are_warm_started_from_the_previous_round(
     monkeypatch.setattr(do_module, "solve_zero_sum", spy)
     names = [f"a{j}" for j in range(full.shape[1])]
     start = PayoffMatrix(full[:, :1], defenders=[f"d{i}" for i in range(20)], attackers=names[:1])
-    result = double_oracle(start, column_oracle(full, names), method="pdhg", tol=1e-4, max_iterations=60, progress=False)
+    result = double_oracle(
+        start, column_oracle(full, names), method="pdhg", tol=1e-4, max_iterations=60, progress=False
+    )
     assert result.converged and result.equilibrium.value == pytest.approx(value, abs=1e-3)
     assert seen[0][2] == {"x0": None, "y0": None}  # the first solve starts cold
     for (_, n_before, _), (m, n, warm) in zip(seen, seen[1:]):
