@@ -704,11 +704,24 @@ class Attack:
         """
         xs = x[:_CHECK_EXAMPLES]
         check_gen = torch.Generator().manual_seed(0)
-        with torch.no_grad(), use_generator(model, check_gen):
-            out1 = model(xs)
-            out2 = model(xs) if self.eot_samples == 1 else None
-        if out1.dim() != 2 or out1.shape[0] != xs.shape[0]:
-            raise AttackError(f"the model must return logits of shape (N, num_classes), got {tuple(out1.shape)}")
+        try:
+            with torch.no_grad(), use_generator(model, check_gen):
+                out1 = model(xs)
+                out2 = model(xs) if self.eot_samples == 1 else None
+        except (RuntimeError, TypeError) as exc:  # say why in one line (shape, dtype) instead of torch's message
+            from gametheory_defense.models import check_classifier
+
+            try:
+                check_classifier(model, xs)
+            except ValueError as clear:
+                raise AttackError(str(clear)) from None
+            raise exc
+        from gametheory_defense.models import check_logits
+
+        try:
+            check_logits(out1, batch=xs.shape[0])
+        except ValueError as exc:
+            raise AttackError(str(exc)) from None
         k = out1.shape[1]
         y_lo, y_hi = torch.aminmax(y)
         if y_lo.item() < 0 or y_hi.item() >= k:

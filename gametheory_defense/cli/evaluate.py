@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gametheory_defense.cli import add_trust_code_option
+
 __all__ = ["register", "run"]
 
 log = logging.getLogger(__name__)
@@ -31,9 +33,10 @@ log = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``evaluate`` subcommand."""
-    from gametheory_defense.attacks import ATTACKS
+    from gametheory_defense.attacks import ATTACKS, NORMS
     from gametheory_defense.data import DATASETS
     from gametheory_defense.evaluation import SUITES
+    from gametheory_defense.sap import SAP_MODES
 
     p = subparsers.add_parser(
         "evaluate",
@@ -53,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         "--steps/--step-size/--eot-samples/--restarts/--loss apply to each")
     p.add_argument("--eps", type=float, default=None,
                    help="threat-model radius in [0,1] input units (default: the one recorded with the model, else 0.3)")
-    p.add_argument("--norm", default=None, choices=["linf", "l2"],
+    p.add_argument("--norm", default=None, choices=list(NORMS),
                    help="threat model (default: the one recorded with the model, else linf)")
     p.add_argument("--steps", type=int, default=None, help="iterations of --attack attacks (default: the attack's)")
     p.add_argument("--step-size", type=float, default=None, help="step size of --attack attacks")
@@ -62,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--loss", default=None, help="loss of --attack attacks (ce or cw)")
     p.add_argument("--sap-frac", type=float, default=None,
                    help="add Stochastic Activation Pruning with this fraction (to every member of an ensemble)")
-    p.add_argument("--sap-mode", default="exact", choices=["exact", "fast"], help="SAP sampling mode (default exact)")
+    p.add_argument("--sap-mode", default="exact", choices=list(SAP_MODES), help="SAP sampling mode (default exact)")
     p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
                    help="data set (default: the one recorded with the model)")
     p.add_argument("--data-dir", default=None, help="directory holding the data set files")
@@ -85,6 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="where to write the report as Markdown (default: NAME.evaluation.md next to a "
                         "checkpoint, DIR/evaluation.md for an ensemble)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_trust_code_option(p)
     p.set_defaults(func=run)
 
 
@@ -99,7 +103,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, str | None, dict[str, Any]]:
     if path.is_dir():
         if not (path / MANIFEST).is_file():
             raise CheckpointError(f"{path}: a directory without {MANIFEST} is not an ensemble; pass a checkpoint or an ensemble directory")
-        model = MixedStrategyModel.load(path, device=args.device)
+        model = MixedStrategyModel.load(path, device=args.device, trust_code=args.trust_code)
         dataset = model.metadata.get("dataset")
         if dataset is None:
             import json
@@ -122,7 +126,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, str | None, dict[str, Any]]:
     if not any(c.is_file() for c in candidates):
         raise FileNotFoundError(f"{path}: no such checkpoint or ensemble directory")
     sap = "keep" if args.sap_frac is None else {"frac": args.sap_frac, "mode": args.sap_mode, "layers": None}
-    ckpt = load_checkpoint(path, device=args.device, sap=sap)
+    ckpt = load_checkpoint(path, device=args.device, sap=sap, trust_code=args.trust_code)
     return ckpt.model, ckpt.metadata.get("dataset"), _recorded_threat_model(ckpt.metadata)
 
 
