@@ -373,8 +373,8 @@ def random_start(
     ``eps * U``, so the start lies ``eps / 2`` from ``x`` on average. A point uniform in
     the L2 ball (radius ``eps * U^(1/d)``) lies almost on the sphere in ``d`` dimensions;
     measured paired per image over 5 seeds (``benchmarks/l2_random_start.py``,
-    ``docs/attacks.md``), L2 PGD from such starts is 0.4-1.8 points weaker than from a
-    uniform radius, and 0.8-3.2 points weaker than from ``x`` itself.
+    ``docs/attacks.md``), L2 PGD from such starts is 0.4-2.0 points weaker than from a
+    uniform radius, and 0.8-4.0 points weaker than from ``x`` itself.
 
     Shape
     -----

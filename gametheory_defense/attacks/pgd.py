@@ -19,8 +19,8 @@ def default_random_start(norm: Any, restarts: Any) -> bool:
     """PGD's default ``random_start``: always for L-inf; for L2 only when ``restarts > 1``.
 
     One L2 PGD run from ``x`` is stronger than from a random start (paired over images
-    and seeds, ``benchmarks/l2_random_start.py``: +0.3 to +1.4 points over a uniform-radius
-    start, +0.8 to +3.2 over a start uniform in the ball); restarts need random starts,
+    and seeds, ``benchmarks/l2_random_start.py``: +0.3 to +2.0 points over a uniform-radius
+    start, +0.8 to +4.0 over a start uniform in the ball); restarts need random starts,
     or every run would be the same.
     """
     if norm != "l2":
