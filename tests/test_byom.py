@@ -490,7 +490,7 @@ def test_resnet_pt_through_config_run_ensemble_and_evaluate_in_fresh_processes(
     ev = run_cli("evaluate", str(out / "ensemble"), "--trust-code", "--attack", "pgd", "--eps", "0.1", "--steps", "5",
                  "--eot-samples", "2", "--n", "32", "--no-progress", "--no-sanity-checks", cwd=tmp_path)
     assert ev.returncode == 0, ev.stderr[-3000:]
-    result = json.loads((out / "ensemble" / "evaluation.json").read_text())
+    result = json.loads((out / "ensemble" / "evaluation.pgd.linf-0.1.json").read_text())  # named after what ran
     assert result["clean_accuracy"] > 0.7 and result["worst_case_accuracy"] < result["clean_accuracy"] - 0.2
 
 
