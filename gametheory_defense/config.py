@@ -29,6 +29,7 @@ __all__ = [
     "GameConfig",
     "EvaluationConfig",
     "DoubleOracleConfig",
+    "DefenseOracleConfig",
     "load_config",
     "parse_config",
     "RESERVED_NAMES",
@@ -118,6 +119,24 @@ class EvaluationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DefenseOracleConfig:
+    """``[double_oracle.defense]``: how the defense oracle trains new defenders (PSRO)."""
+
+    architecture: str | None = None
+    epochs: int = 1
+    train_size: int | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    attack_steps: int | None = None
+    warm_start: bool = False
+    sap_fracs: tuple[float, ...] = (0.5, 1.0, 2.0)
+    sap_mode: str = "exact"
+    boost_weight: float = 4.0
+
+
+@dataclasses.dataclass(frozen=True)
 class DoubleOracleConfig:
     """``[double_oracle]``: best-response columns (and optionally rows) added to the game."""
 
@@ -125,6 +144,9 @@ class DoubleOracleConfig:
     max_iterations: int = 3
     tol: float = 0.01
     attack: str = "mixture-pgd"
+    defense_oracle: str | None = None
+    time_limit: float | None = None
+    defense: DefenseOracleConfig = DefenseOracleConfig()
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -156,6 +178,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "game.executor": ("serial", "ray"),
     "game.select": ("clean", "max-entropy", "min-support"),
     "evaluation.norm": ("linf", "l2"),
+    "double_oracle.defense_oracle": ("pgd-at", "sap", "boost"),
+    "double_oracle.defense.optimizer": ("adam", "sgd"),
+    "double_oracle.defense.sap_mode": ("exact", "fast"),
 }
 
 
@@ -360,7 +385,13 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
             f"evaluation.suite: unknown suite {evaluation.suite!r} (choose from {', '.join(SUITES)})"
         )
 
-    do = _section(DoubleOracleConfig, raw.get("double_oracle", {}), "double_oracle", extra_key="params")
+    do_raw = raw.get("double_oracle", {})
+    defense_raw = {}
+    if isinstance(do_raw, Mapping) and "defense" in do_raw:
+        do_raw = dict(do_raw)
+        defense_raw = do_raw.pop("defense")
+    do = _section(DoubleOracleConfig, do_raw, "double_oracle", extra_key="params")
+    do = dataclasses.replace(do, defense=_defense_oracle(defense_raw, do, MODELS))
     _check_positive(do.max_iterations, "double_oracle.max_iterations")
     _check_positive(do.tol, "double_oracle.tol", allow_zero=True)
     if do.attack not in ATTACKS:
@@ -404,6 +435,27 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
         if n in RESERVED_NAMES:
             raise ConfigError(f"defenders: the name {n!r} is reserved; rename that model")
     return config
+
+
+def _defense_oracle(raw: Any, do: DoubleOracleConfig, models: Mapping[str, Any]) -> DefenseOracleConfig:
+    """Validate ``[double_oracle.defense]`` and the defense-oracle keys of ``[double_oracle]``."""
+    _check_choice(do.defense_oracle, "double_oracle.defense_oracle")
+    _check_positive(do.time_limit, "double_oracle.time_limit")
+    d = _section(DefenseOracleConfig, raw, "double_oracle.defense")
+    where = "double_oracle.defense"
+    if d.architecture is not None and d.architecture not in models:
+        raise ConfigError(f"{where}.architecture: unknown model {d.architecture!r} (choose from {', '.join(models)})")
+    for key in ("epochs", "batch_size", "lr", "attack_steps", "train_size"):
+        _check_positive(getattr(d, key), f"{where}.{key}")
+    _check_positive(d.weight_decay, f"{where}.weight_decay", allow_zero=True)
+    _check_positive(d.boost_weight, f"{where}.boost_weight", allow_zero=True)
+    _check_choice(d.optimizer, f"{where}.optimizer")
+    _check_choice(d.sap_mode, f"{where}.sap_mode")
+    for i, f in enumerate(d.sap_fracs):
+        _check_positive(f, f"{where}.sap_fracs[{i}]")
+    if do.defense_oracle == "sap" and not d.sap_fracs:
+        raise ConfigError(f"{where}.sap_fracs: the 'sap' oracle needs at least one rate")
+    return d
 
 
 def defender_names(config: RunConfig) -> list[str]:

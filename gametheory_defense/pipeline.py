@@ -208,13 +208,20 @@ def _run_double_oracle(
     config: RunConfig,
     out: Path,
     matrix: Any,
-    defenders: Mapping[str, torch.nn.Module],
+    defenders: dict[str, torch.nn.Module],
     x: torch.Tensor,
     y: torch.Tensor,
     *,
     device: torch.device,
     progress: bool,
+    train_set: Any = None,
 ) -> Any:
+    """The double-oracle loop; with ``[double_oracle] defense_oracle`` it is PSRO.
+
+    ``defenders`` gains every defender the defense oracle trains (by row name).
+    """
+    import time as _time
+
     from gametheory_defense.attacks import build_attack
     from gametheory_defense.double_oracle import OracleResponse, double_oracle
     from gametheory_defense.ensemble import MixedStrategyModel
@@ -227,8 +234,68 @@ def _run_double_oracle(
     store = PayoffStore(out / "cells")
     batch = config.game.batch_size
     digest = data_digest(x, y)
-    identities = {name: defender_identity(m) for name, m in defenders.items()}
+    identities: dict[str, str] = {}
     calls = {"n": 0}
+    adv_dir = out / "double_oracle" / "adversarial"
+    columns: dict[str, tuple[dict[str, Any], Path]] = {}  # oracle column -> (mixture identity, examples file)
+
+    def identity_of(name: str) -> str:
+        if name not in identities:
+            identities[name] = defender_identity(defenders[name])
+        return identities[name]
+
+    def cell_of(model: torch.nn.Module, mixture_id: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
+        draws = config.game.repeats if is_stochastic(model) else 1
+        identity = {
+            "kind": "double-oracle",
+            "defender": defender_identity(model),
+            "mixture": mixture_id,
+            "attack": attack.config(),
+            "data": digest,
+            "seed": config.seed,
+            "draws": draws,
+            "batch_size": batch,
+        }
+        return cell_key(identity), identity, draws
+
+    def evaluate_cell(model: torch.nn.Module, name: str, key: str, identity: dict[str, Any], draws: int,
+                      x_adv: torch.Tensor) -> np.ndarray:
+        outcomes = np.stack(
+            [
+                correctness(
+                    model, x_adv, y.cpu(),
+                    generator=cell_generator(config.seed, "double-oracle-eval", key, r),
+                    batch_size=batch, device=str(device),
+                )
+                for r in range(draws)
+            ]
+        )
+        store.put(key, outcomes, identity=identity, info={"defender": name, "attack": do.attack})
+        return outcomes
+
+    def crafted(mixture_id: dict[str, Any], names: list[str], probs: np.ndarray, support: list[int]) -> torch.Tensor:
+        """The oracle's adversarial examples against a mixture (kept in ``double_oracle/adversarial``)."""
+        from safetensors.torch import load_file, save_file
+
+        path = adv_dir / f"{cell_key({'mixture': mixture_id, 'attack': attack.config(), 'data': digest, 'seed': config.seed, 'batch_size': batch})}.safetensors"
+        if path.exists():
+            try:
+                return load_file(str(path))["x_adv"]
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("recrafting %s (%s)", path, exc)
+        mixture = MixedStrategyModel(
+            [defenders[names[i]] for i in support], probs[support], names=[names[i] for i in support]
+        )
+        gen = cell_generator(config.seed, "double-oracle", canonical_json(mixture_id), canonical_json(attack.config()))
+        with use_generator(mixture, gen):
+            x_adv = torch.cat(
+                [attack(mixture, x[i : i + batch], y[i : i + batch], generator=gen).cpu() for i in range(0, len(y), batch)]
+            )
+        adv_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        save_file({"x_adv": x_adv.contiguous()}, str(tmp))
+        os.replace(tmp, path)
+        return x_adv
 
     def attack_oracle(strategy: np.ndarray, current: Any) -> Any:
         """Best response: the attack crafted against the current mixture; one cell per defender."""
@@ -237,67 +304,57 @@ def _run_double_oracle(
         probs = np.asarray(strategy, dtype=float)
         support = [i for i, p in enumerate(probs) if p > 1e-9]
         mixture_id = {
-            "members": [identities[names[i]] for i in support],
+            "members": [identity_of(names[i]) for i in support],
             "strategy": [round(float(probs[i]), 9) for i in support],
         }
-        cells = {}
-        for dname in names:
-            draws = config.game.repeats if is_stochastic(defenders[dname]) else 1
-            identity = {
-                "kind": "double-oracle",
-                "defender": identities[dname],
-                "mixture": mixture_id,
-                "attack": attack.config(),
-                "data": digest,
-                "seed": config.seed,
-                "draws": draws,
-                "batch_size": batch,
-            }
-            cells[dname] = (cell_key(identity), identity, draws)
+        cells = {d: cell_of(defenders[d], mixture_id) for d in names}
         records = {d: store.get(k, expected_shape=(dr, len(y))) for d, (k, _, dr) in cells.items()}
-        if any(r is None for r in records.values()):
-            mixture = MixedStrategyModel(
-                [defenders[names[i]] for i in support], probs[support], names=[names[i] for i in support]
-            )
-            gen = cell_generator(config.seed, "double-oracle", canonical_json(mixture_id), canonical_json(attack.config()))
-            with use_generator(mixture, gen):
-                x_adv = torch.cat(
-                    [attack(mixture, x[i : i + batch], y[i : i + batch], generator=gen).cpu() for i in range(0, len(y), batch)]
-                )
-            for dname, (key, identity, draws) in cells.items():
-                if records[dname] is not None:
-                    continue
-                outcomes = np.stack(
-                    [
-                        correctness(
-                            defenders[dname], x_adv, y.cpu(),
-                            generator=cell_generator(config.seed, "double-oracle-eval", key, r),
-                            batch_size=batch, device=str(device),
-                        )
-                        for r in range(draws)
-                    ]
-                )
-                store.put(key, outcomes, identity=identity, info={"defender": dname, "attack": do.attack})
-            records = {d: store.get(k, expected_shape=(dr, len(y))) for d, (k, _, dr) in cells.items()}
+        x_adv = crafted(mixture_id, names, probs, support) if do.defense_oracle or any(
+            r is None for r in records.values()) else None
+        for dname, (key, identity, draws) in cells.items():
+            if records[dname] is None:
+                evaluate_cell(defenders[dname], dname, key, identity, draws, x_adv)
+        records = {d: store.get(k, expected_shape=(dr, len(y))) for d, (k, _, dr) in cells.items()}
         stats = [outcome_stats(records[d].outcomes) for d in names]
+        name = f"do{calls['n']}-{do.attack}"
+        columns[name] = (mixture_id, x_adv)
         return OracleResponse(
-            name=f"do{calls['n']}-{do.attack}",
+            name=name,
             payoffs=np.array([s[0] for s in stats]),
             stderr=np.array([s[1] for s in stats]),
             n_samples=np.array([s[2] for s in stats]),
             info={"attack": attack.config(), "mixture": mixture_id},
         )
 
-    return double_oracle(
+    defense_oracle = None
+    if do.defense_oracle is not None:
+        from gametheory_defense.psro import pipeline_defense_oracle
+
+        defense_oracle = pipeline_defense_oracle(
+            config, out, defenders, (x, y), train_set, attack, columns, cell_of, evaluate_cell, store,
+            device=device, progress=progress,
+        )
+    deadline = None if do.time_limit is None else _time.monotonic() + do.time_limit
+
+    def callback(record: Any, eq: Any) -> bool:
+        return deadline is not None and _time.monotonic() > deadline
+
+    result = double_oracle(
         matrix,
         attack_oracle,
-        None,
+        defense_oracle,
         tol=do.tol,
         max_iterations=do.max_iterations,
         method=config.game.solver,
         select=config.game.select,
+        callback=callback,
         progress=progress,
     )
+    if defense_oracle is not None:
+        from gametheory_defense.psro import write_oracle_log
+
+        write_oracle_log(out / "double_oracle" / "defense_oracle.json", defense_oracle, result)
+    return result
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -506,15 +563,19 @@ def run_pipeline(
 
     # 4. double oracle
     do_result = None
+    do_defenders = dict(defenders)  # gains the defenders a defense oracle trains
     if config.double_oracle.enabled:
         t = time.perf_counter()
-        do_result = _run_double_oracle(config, out, matrix, defenders, x_eval, y_eval, device=dev, progress=progress)
+        do_result = _run_double_oracle(
+            config, out, matrix, do_defenders, x_eval, y_eval, device=dev, progress=progress, train_set=train_set
+        )
         do_result.matrix.to_json(out / "double_oracle_payoff.json")
         _write_json(out / "double_oracle.json", _do_summary(do_result))
         fig = plot_convergence(do_result.history)
         fig.savefig(out / "double_oracle.png", dpi=120, bbox_inches="tight")
         _close(fig)
-        do_ensemble = MixedStrategyModel.from_equilibrium(do_result.equilibrium, defenders)
+        do_rows = {k: do_defenders[k] for k in do_result.matrix.defenders}
+        do_ensemble = MixedStrategyModel.from_equilibrium(do_result.equilibrium, do_rows)
         do_ensemble.save(out / "ensemble_double_oracle", overwrite=True)
         seconds["double_oracle"] = time.perf_counter() - t
 
@@ -526,9 +587,13 @@ def run_pipeline(
         n_eval = min(n_eval, len(y_eval))
         models: dict[str, torch.nn.Module] = {"mixture": ensemble}
         if do_result is not None and (do_result.added_attackers or do_result.added_defenders):
-            models["mixture-double-oracle"] = MixedStrategyModel.from_equilibrium(do_result.equilibrium, defenders)
+            models["mixture-double-oracle"] = MixedStrategyModel.from_equilibrium(
+                do_result.equilibrium, {k: do_defenders[k] for k in do_result.matrix.defenders}
+            )
         wanted = config.evaluation.models
         models.update({k: v for k, v in defenders.items() if wanted is None or k in wanted})
+        if do_result is not None:  # defenders trained by the defense oracle: candidates for the best one seen
+            models.update({k: do_defenders[k] for k in do_result.added_defenders})
         robustness = _evaluate_models(
             config, out, models, x_eval[:n_eval], y_eval[:n_eval], device=dev, resume=resume, progress=progress
         )
@@ -563,6 +628,7 @@ def _do_summary(result: Any) -> dict[str, Any]:
         "initial_value": float(result.initial_value),
         "final_value": float(result.equilibrium.value),
         "converged": bool(result.converged),
+        "stop_reason": result.stop_reason,
         "added_attackers": list(result.added_attackers),
         "added_defenders": list(result.added_defenders),
         "history": [dataclasses.asdict(h) if dataclasses.is_dataclass(h) else dict(h) for h in result.history],
