@@ -192,12 +192,11 @@ class BuilderRows:
             used = list(dict.fromkeys(c.rpartition("@")[2] for c in columns if built[c] is not None))
             defenders.update({s: self.sources[s] for s in used if s != name})
             kwargs["sources"] = used
+        formulation = self.formulation
         if not attacks:  # only extra columns: the builder still gives the clean accuracy
-            attacks = {"_clean": _NoAttack()}
-            kwargs = {}
-            defenders = {name: model}
+            attacks, defenders, kwargs, formulation = {"_clean": _NoAttack()}, {name: model}, {}, "self"
         built_row = build_payoff_matrix(
-            defenders, attacks, self.data, formulation=self.formulation if kwargs or self.formulation == "self" else "self",
+            defenders, attacks, self.data, formulation=formulation,
             repeats=self.repeats, seed=self.seed, store=self.store, batch_size=self.batch_size,
             device=self.device, progress=False, **kwargs,
         )

@@ -72,6 +72,14 @@ def test_packaged_demo_config_is_the_example():
         (lambda r: r["double_oracle"].update(attack="nope"), "double_oracle.attack"),
         (lambda r: r["double_oracle"].update(enabled=False, steps=0), "double_oracle (mixture-pgd)"),
         (lambda r: r["double_oracle"].pop("eps"), "needs argument 'eps'"),
+        (lambda r: r["double_oracle"].update(defense_oracle="trades"), "double_oracle.defense_oracle"),
+        (lambda r: r["double_oracle"].update(time_limit=-1), "double_oracle.time_limit"),
+        (lambda r: r["double_oracle"]["defense"].update(epochs=0), "double_oracle.defense.epochs"),
+        (lambda r: r["double_oracle"]["defense"].update(epoch=3), "double_oracle.defense: unknown key 'epoch'"),
+        (lambda r: r["double_oracle"]["defense"].update(architecture="vgg"), "double_oracle.defense.architecture"),
+        (lambda r: r["double_oracle"]["defense"].update(optimizer="lbfgs"), "double_oracle.defense.optimizer"),
+        (lambda r: r["double_oracle"]["defense"].update(sap_fracs=[0.5, 0.0]), "double_oracle.defense.sap_fracs[1]"),
+        (lambda r: r["double_oracle"].update(defense=3), "double_oracle.defense: expected a table"),
         (lambda r: r.pop("attackers"), "attackers"),
         (lambda r: r.pop("models"), "models"),
     ],
@@ -93,6 +101,20 @@ def test_double_oracle_section_is_optional():
     assert cfg.double_oracle.enabled is False and cfg.double_oracle.params == {}
     raw["double_oracle"] = {"enabled": False}  # switched off with no attack settings: nothing to check
     assert parse_config(raw).double_oracle.enabled is False
+
+
+def test_defense_oracle_settings_parse():
+    cfg = parse_config(raw_digits())
+    do = cfg.double_oracle
+    assert do.defense_oracle == "pgd-at" and do.time_limit is None
+    assert do.defense.epochs == 10 and do.defense.warm_start is True and do.defense.attack_steps == 7
+    assert "defense" not in do.params and "defense_oracle" not in do.params  # not attack arguments
+    assert cfg.to_dict()["double_oracle"]["defense"]["epochs"] == 10
+    raw = raw_digits()
+    raw["double_oracle"].pop("defense_oracle")
+    raw["double_oracle"].pop("defense")
+    plain = parse_config(raw).double_oracle
+    assert plain.defense_oracle is None and plain.defense.epochs == 1
 
 
 def test_transfer_sources_and_draws_parse():

@@ -178,6 +178,27 @@ def test_boost_oracle_weights_what_the_mixture_gets_wrong(tmp_path: Path, digits
     assert resp.payoffs[1] > matrix.values[0, 1]
 
 
+def test_transfer_rows_equal_the_builders(digits) -> None:  # type: ignore[no-untyped-def]
+    train, test, base, attacks = digits
+    other = make_model(torch.Generator().manual_seed(5)).eval()
+    new = make_model(torch.Generator().manual_seed(6)).eval()
+    sources = {"standard": base, "other": other}
+    matrix = build_payoff_matrix(sources, attacks, test, formulation="transfer", progress=False)
+    full = build_payoff_matrix({**sources, "new": new}, attacks, test, formulation="transfer",
+                               sources=["standard", "other"], progress=False)
+    resp = BuilderRows(attacks, test, formulation="transfer", sources=sources)("new", new, matrix)
+    np.testing.assert_array_equal(resp.payoffs, full.values[2])
+    assert resp.clean_accuracy == full.clean_accuracy[2]
+    # A column no configured attack makes is evaluated by the caller's function.
+    extra = {"fixed": lambda name, model: np.array([[True, False, True, True]])}
+    odd = build_payoff_matrix({"standard": base}, {"fgsm": attacks["fgsm"]}, test, progress=False)
+    from payoff.matrix import PayoffMatrix
+
+    wider = PayoffMatrix(np.c_[odd.values, [[0.5]]], defenders=["standard"], attackers=["fgsm", "fixed"])
+    row = BuilderRows(attacks, test, extra=extra)("new", new, wider)
+    assert row.payoffs[1] == pytest.approx(0.75)
+
+
 def test_bad_settings_are_one_line_errors(digits) -> None:  # type: ignore[no-untyped-def]
     train, test, base, attacks = digits
     rows = BuilderRows(attacks, test)
