@@ -226,6 +226,18 @@ def test_time_limit_stops_the_loop(digits) -> None:  # type: ignore[no-untyped-d
     assert result.stop_reason == "oracle-returned-none" and not oracle.calls
 
 
+def test_docs_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    code = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "psro.md").read_text(), flags=re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/psro.md", "exec"), {})
+    out = capsys.readouterr().out
+    before, arrow, after = out.split()[-3:]
+    assert "'psro1-pgd-at'" in out and arrow == "->" and float(after) > float(before) + 0.1
+    assert (tmp_path / "psro-run" / "oracle" / "psro1-pgd-at" / "model.safetensors").is_file()
+
+
 # --------------------------------------------------------------------------- kill and resume
 
 
