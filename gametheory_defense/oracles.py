@@ -67,6 +67,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gametheory_defense.checkpoint import _atomic_target, _sha256_file
 from gametheory_defense.double_oracle import OracleResponse
 
 if TYPE_CHECKING:
@@ -306,28 +307,6 @@ class OracleCall:
     seconds: float = 0.0
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _save_state(
     directory: Path, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator, epoch: int,
     history: list[dict[str, float]], recipe: Mapping[str, Any],
@@ -349,7 +328,8 @@ def _save_state(
             else:
                 scalars.setdefault(str(idx), {})[key] = value
     weights = directory / "state.safetensors"
-    _atomic_write(weights, lambda p: save_file(tensors, str(p), metadata={"format": _STATE_FORMAT}))
+    with _atomic_target(weights) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": _STATE_FORMAT})
     meta = {
         "format": _STATE_FORMAT,
         "format_version": _STATE_VERSION,
@@ -358,9 +338,10 @@ def _save_state(
         "recipe": recipe,
         "param_groups": opt_state["param_groups"],
         "optimizer_scalars": scalars,
-        "tensors_sha256": _file_sha256(weights),
+        "tensors_sha256": _sha256_file(weights),
     }
-    _atomic_write(directory / "state.json", lambda p: p.write_text(json.dumps(meta, indent=1), encoding="utf-8"))
+    with _atomic_target(directory / "state.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
 
 def _load_state(
@@ -378,7 +359,7 @@ def _load_state(
         log.warning("ignoring training state %s: written for other settings", meta_path)
         return None
     try:
-        if _file_sha256(weights) != meta["tensors_sha256"]:
+        if _sha256_file(weights) != meta["tensors_sha256"]:
             raise ValueError("checksum mismatch")
         tensors = load_file(str(weights))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
@@ -906,5 +887,6 @@ class TrainingOracle:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             blob = {"weights": weights, "recipe": torch.frombuffer(bytearray(tag.encode()), dtype=torch.uint8)}
-            _atomic_write(path, lambda p: save_file(blob, str(p)))
+            with _atomic_target(path) as tmp:
+                save_file(blob, str(tmp))
         return weights
