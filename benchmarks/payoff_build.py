@@ -30,7 +30,7 @@ from gametheory_defense.data import as_tensors, load_dataset
 from gametheory_defense.models import build_model
 
 from payoff import build_payoff_matrix
-from payoff.builder import cell_seed, defender_identity
+from gametheory_defense.identity import cell_seed, defender_identity
 
 
 def train_mlp(seed: int, x: torch.Tensor, y: torch.Tensor, *, steps: int) -> nn.Module:

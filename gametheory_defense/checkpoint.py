@@ -21,9 +21,10 @@ Loading never unpickles anything: weights are read with ``safetensors`` and the 
 with :mod:`json`; every inconsistency raises a one-line
 :class:`~gametheory_defense.errors.CheckpointError` that names the file.
 
-Two hashes identify models independently of files: :func:`weights_digest` (the tensors)
-and :func:`model_identity` (the tensors plus architecture and SAP settings), used as the
-defender's identity in payoff stores.
+Two hashes identify models independently of files: :func:`weights_digest` (the
+``state_dict`` tensors, what a weights file holds) and
+:func:`~gametheory_defense.identity.model_identity` (everything that changes a model's
+outputs; re-exported here), the defender's identity in every cache.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from torch import nn
 
 from gametheory_defense import __version__
 from gametheory_defense.errors import CheckpointError
+from gametheory_defense.identity import model_identity
 
 __all__ = [
     "FORMAT",
@@ -178,32 +180,6 @@ def weights_digest(model: nn.Module) -> str:
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
     return h.hexdigest()
-
-
-def model_identity(model: nn.Module) -> str:
-    """SHA-256 identifying a defender: its weights digest, architecture and SAP settings.
-
-    Two models with the same identity compute the same (distribution of) outputs; the
-    payoff store keys defenders by it.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Any module; ``model.architecture`` and SAP settings are included when present.
-
-    Returns
-    -------
-    str
-        64 lowercase hex digits.
-    """
-    from gametheory_defense.sap import sap_settings
-
-    record = {
-        "weights": weights_digest(model),
-        "architecture": _jsonable(getattr(model, "architecture", None)),
-        "sap": _jsonable(sap_settings(model)),
-    }
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
 def _jsonable(value: Any) -> Any:

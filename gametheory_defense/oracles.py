@@ -668,13 +668,13 @@ class TrainingOracle:
 
     def _digest(self) -> str:
         if self._data_digest is None:
-            from payoff.builder import data_digest
+            from gametheory_defense.identity import data_digest
 
             self._data_digest = data_digest(self.train_x, self.train_y)
         return self._data_digest
 
     def _identity(self, name: str) -> str:
-        from payoff.builder import defender_identity
+        from gametheory_defense.identity import defender_identity
 
         return defender_identity(self.members[name])
 
@@ -699,8 +699,7 @@ class TrainingOracle:
 
     def __call__(self, attacker_strategy: np.ndarray, matrix: Any) -> OracleResponse | None:
         """Train a new defender against the attacker mixture ``attacker_strategy`` over ``matrix``'s columns."""
-        from payoff.builder import cell_seed
-        from payoff.store import canonical_json
+        from gametheory_defense.identity import canonical_json, cell_seed, mixture_identity, support_indices
 
         if self.time_limit is not None and time.monotonic() - self._started > self.time_limit:
             log.info("defense oracle: wall-time limit of %.0f s reached; no more training", self.time_limit)
@@ -710,7 +709,7 @@ class TrainingOracle:
         columns = list(matrix.attackers)
         if y.shape != (len(columns),):
             raise ValueError(f"attacker strategy has {y.size} entries for {len(columns)} columns")
-        support = [j for j in range(len(columns)) if y[j] > 1e-9]
+        support = support_indices(y)
         probs = torch.tensor(y[support] / y[support].sum(), dtype=torch.float64)
         attacks = [self._attack_for(columns[j]) for j in support]
 
@@ -737,10 +736,9 @@ class TrainingOracle:
         mixture = None
         if self.method == "boost":
             mixture = self._current_mixture(matrix)
-            recipe["boost_mixture"] = {
-                "members": [self._identity(n) for n in mixture.names],
-                "strategy": [round(float(p), 9) for p in mixture.strategy],
-            }
+            recipe["boost_mixture"] = mixture_identity(
+                [self._identity(n) for n in mixture.names], mixture.strategy, mixture.sample
+            )
         gen = torch.Generator().manual_seed(cell_seed(self.seed, "psro-train", canonical_json(recipe)))
         row_dir = self.workdir / name if self.workdir is not None else None
 
@@ -786,11 +784,12 @@ class TrainingOracle:
     def _current_mixture(self, matrix: Any) -> Any:
         """The defender mixture of the current restricted game (solved by LP)."""
         from gametheory_defense.ensemble import MixedStrategyModel
+        from gametheory_defense.identity import support_indices
         from gametheory_defense.solvers import solve_zero_sum
 
         eq = solve_zero_sum(np.asarray(matrix.values, dtype=np.float64))
         x = np.asarray(eq.defender_strategy)
-        keep = [i for i in range(len(x)) if x[i] > 1e-6]
+        keep = support_indices(x)
         names = [matrix.defenders[i] for i in keep]
         missing = [n for n in names if n not in self.members]
         if missing:
@@ -856,7 +855,7 @@ class TrainingOracle:
 
         from gametheory_defense.attacks.mixture import expected_accuracy, mixture_components
         from gametheory_defense.stochastic import use_generator
-        from payoff.store import canonical_json
+        from gametheory_defense.identity import canonical_json
 
         path = row_dir / "boost_weights.safetensors" if row_dir is not None else None
         tag = canonical_json(recipe)

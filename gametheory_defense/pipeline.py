@@ -19,7 +19,6 @@ Steps, each resumable (finished work is written to ``out`` atomically and reused
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -38,7 +37,7 @@ import torch
 from gametheory_defense import __version__
 from gametheory_defense.config import RunConfig, defender_names
 from gametheory_defense.errors import CheckpointError, ConfigError
-from payoff.builder import cell_seed
+from gametheory_defense.identity import cell_seed, defender_identity
 
 __all__ = ["RunResult", "run_pipeline", "resolve_device", "defender_specs", "load_defenders"]
 
@@ -226,8 +225,15 @@ def _run_double_oracle(
     from gametheory_defense.double_oracle import OracleResponse, double_oracle
     from gametheory_defense.ensemble import MixedStrategyModel
     from gametheory_defense.stochastic import is_stochastic, use_generator
-    from payoff.builder import cell_generator, correctness, data_digest, defender_identity, outcome_stats
-    from payoff.store import PayoffStore, canonical_json, cell_key
+    from gametheory_defense.identity import (
+        canonical_json,
+        cell_generator,
+        data_digest,
+        mixture_identity,
+        support_indices,
+    )
+    from payoff.builder import correctness, outcome_stats
+    from payoff.store import PayoffStore, cell_key
 
     do = config.double_oracle
     attack = build_attack(do.attack, **do.params)
@@ -237,14 +243,14 @@ def _run_double_oracle(
     identities: dict[str, str] = {}
     calls = {"n": 0}
     adv_dir = out / "double_oracle" / "adversarial"
-    columns: dict[str, tuple[dict[str, Any], Path]] = {}  # oracle column -> (mixture identity, examples file)
+    columns: dict[str, tuple[str, torch.Tensor | None]] = {}  # oracle column -> (mixture identity, examples)
 
     def identity_of(name: str) -> str:
         if name not in identities:
             identities[name] = defender_identity(defenders[name])
         return identities[name]
 
-    def cell_of(model: torch.nn.Module, mixture_id: dict[str, Any]) -> tuple[str, dict[str, Any], int]:
+    def cell_of(model: torch.nn.Module, mixture_id: str) -> tuple[str, dict[str, Any], int]:
         draws = config.game.repeats if is_stochastic(model) else 1
         identity = {
             "kind": "double-oracle",
@@ -273,7 +279,7 @@ def _run_double_oracle(
         store.put(key, outcomes, identity=identity, info={"defender": name, "attack": do.attack})
         return outcomes
 
-    def crafted(mixture_id: dict[str, Any], names: list[str], probs: np.ndarray, support: list[int]) -> torch.Tensor:
+    def crafted(mixture_id: str, members: list[str], weights: np.ndarray) -> torch.Tensor:
         """The oracle's adversarial examples against a mixture (kept in ``double_oracle/adversarial``)."""
         from safetensors.torch import load_file, save_file
 
@@ -283,10 +289,8 @@ def _run_double_oracle(
                 return load_file(str(path))["x_adv"]
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("recrafting %s (%s)", path, exc)
-        mixture = MixedStrategyModel(
-            [defenders[names[i]] for i in support], probs[support], names=[names[i] for i in support]
-        )
-        gen = cell_generator(config.seed, "double-oracle", canonical_json(mixture_id), canonical_json(attack.config()))
+        mixture = MixedStrategyModel([defenders[n] for n in members], weights, names=members)
+        gen = cell_generator(config.seed, "double-oracle", mixture_id, canonical_json(attack.config()))
         with use_generator(mixture, gen):
             x_adv = torch.cat(
                 [attack(mixture, x[i : i + batch], y[i : i + batch], generator=gen).cpu() for i in range(0, len(y), batch)]
@@ -302,15 +306,14 @@ def _run_double_oracle(
         calls["n"] += 1
         names = list(current.defenders)
         probs = np.asarray(strategy, dtype=float)
-        support = [i for i, p in enumerate(probs) if p > 1e-9]
-        mixture_id = {
-            "members": [identity_of(names[i]) for i in support],
-            "strategy": [round(float(probs[i]), 9) for i in support],
-        }
+        support = support_indices(probs)
+        weights = probs[support] / probs[support].sum()  # as the ensemble renormalises them
+        mixture_id = mixture_identity([identity_of(names[i]) for i in support], weights, "per-example")
         cells = {d: cell_of(defenders[d], mixture_id) for d in names}
         records = {d: store.get(k, expected_shape=(dr, len(y))) for d, (k, _, dr) in cells.items()}
-        x_adv = crafted(mixture_id, names, probs, support) if do.defense_oracle or any(
-            r is None for r in records.values()) else None
+        x_adv = None
+        if do.defense_oracle or any(r is None for r in records.values()):  # new rows need the examples
+            x_adv = crafted(mixture_id, [names[i] for i in support], weights)
         for dname, (key, identity, draws) in cells.items():
             if records[dname] is None:
                 evaluate_cell(defenders[dname], dname, key, identity, draws, x_adv)
@@ -386,7 +389,7 @@ def _evaluate_models(
         attacks = suite(ev.suite, eps=ev.eps, norm=ev.norm, model=target)
         key_src = json.dumps(
             {
-                "model": _model_identity(target),
+                "model": defender_identity(target),
                 "attacks": {k: a.config() for k, a in attacks.items()},
                 "repeats": ev.repeats,
                 **({"draws": ev.draws} if ev.draws != 1 else {}),
@@ -430,16 +433,6 @@ def _evaluate_models(
             "warnings": report_dict.get("warnings", []),
         }
     return results
-
-
-def _model_identity(model: torch.nn.Module) -> str:
-    from gametheory_defense.checkpoint import model_identity
-    from gametheory_defense.ensemble import MixedStrategyModel
-
-    if isinstance(model, MixedStrategyModel):
-        parts = [model_identity(m) for m in model.members] + [repr([round(float(p), 12) for p in model.strategy])]
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()
-    return model_identity(model)
 
 
 # --------------------------------------------------------------------------- the pipeline

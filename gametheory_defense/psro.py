@@ -103,7 +103,7 @@ def pipeline_defense_oracle(
     from gametheory_defense.config import defender_names
     from gametheory_defense.errors import ConfigError
     from gametheory_defense.models import build_model
-    from payoff.builder import cell_seed
+    from gametheory_defense.identity import cell_seed
 
     if train_set is None:
         raise ConfigError("double_oracle.defense_oracle needs the run's training set")

@@ -58,7 +58,15 @@ import torch
 from torch import nn
 
 from payoff.matrix import PayoffMatrix
-from payoff.store import MemoryStore, PayoffStore, canonical_json, cell_key
+from gametheory_defense.identity import (
+    canonical_json,
+    cell_generator,
+    cell_seed,
+    check_distinct,
+    data_digest,
+    defender_identity,
+)
+from payoff.store import MemoryStore, PayoffStore, cell_key
 
 __all__ = [
     "DefenderSpec",
@@ -114,54 +122,6 @@ class DefenderSpec:
 
         sap = self.sap if (self.sap is None or isinstance(self.sap, str)) else dict(self.sap)
         return load_checkpoint(self.checkpoint, device=device, sap=sap).model
-
-
-def defender_identity(model: nn.Module) -> str:
-    """SHA-256 identifying what a defender computes: weights, architecture and SAP settings.
-
-    :func:`~gametheory_defense.checkpoint.model_identity` for ordinary models; for a
-    :class:`~gametheory_defense.ensemble.MixedStrategyModel` the identities of its members
-    with its strategy and sampling mode.
-    """
-    from gametheory_defense.checkpoint import model_identity, weights_digest
-    from gametheory_defense.ensemble import MixedStrategyModel
-
-    if isinstance(model, MixedStrategyModel):
-        record = {
-            "mixture": [defender_identity(m) for m in model.members],
-            "strategy": [float(p) for p in model.strategy],
-            "sample": model.sample,
-        }
-        return hashlib.sha256(canonical_json(record).encode()).hexdigest()
-    try:
-        return model_identity(model)
-    except ValueError:
-        # SAP layers with differing settings: fall back to the weights plus every
-        # stochastic module's repr (which shows its settings), in module order.
-        from gametheory_defense.stochastic import stochastic_modules
-
-        record = {"weights": weights_digest(model), "stochastic": [repr(m) for m in stochastic_modules(model)]}
-        return hashlib.sha256(canonical_json(record).encode()).hexdigest()
-
-
-def data_digest(x: torch.Tensor, y: torch.Tensor) -> str:
-    """SHA-256 of an evaluation set: shapes, dtypes and raw bytes of images and labels."""
-    h = hashlib.sha256()
-    for t in (x, y):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{t.dtype}|{list(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def cell_seed(*parts: object) -> int:
-    """A 63-bit generator seed from the SHA-256 of ``"|".join(parts)``."""
-    text = "|".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little") & ((1 << 63) - 1)
-
-
-def cell_generator(*parts: object) -> torch.Generator:
-    return torch.Generator().manual_seed(cell_seed(*parts))
 
 
 # --------------------------------------------------------------------------- tasks
@@ -502,12 +462,7 @@ def build_payoff_matrix(
             models[name] = d.to(device)
     ident = {name: defender_identity(m) for name, m in models.items()}
     stoch = {name: is_stochastic(m) for name, m in models.items()}
-    dup = {}
-    for name, i in ident.items():
-        dup.setdefault(i, []).append(name)
-    for names in dup.values():
-        if len(names) > 1:
-            warnings.warn(f"defenders {names} are the same model (identical weights and SAP settings)", stacklevel=2)
+    check_distinct(ident, defs)  # two different models must never share one set of results
 
     def draws_of(*names: str) -> int:
         return repeats if any(stoch[k] for k in names) else 1

@@ -200,7 +200,8 @@ def _ray_task(
     store_root: str,
 ) -> int:
     """Body of one Ray task: load the defenders it needs, run the task, return the cells written."""
-    from payoff.builder import defender_identity, execute_task
+    from gametheory_defense.identity import defender_identity
+    from payoff.builder import execute_task
 
     cache: dict[str, nn.Module] = {}
 
@@ -233,7 +234,7 @@ def _run_ray(
     store: PayoffStore,
     on_cells: Callable[[int], None] | None,
 ) -> None:
-    from payoff.builder import defender_identity
+    from gametheory_defense.identity import defender_identity
     from payoff.store import MemoryStore
 
     unknown = set(ray_options) - _RAY_KEYS

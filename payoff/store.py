@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
+from gametheory_defense.identity import canonical_json, digest
+
 __all__ = [
     "CELL_FORMAT",
     "CellRecord",
@@ -50,14 +52,9 @@ _CELL_VERSION = 1
 _RUN_FORMAT = "gametheory-defense/payoff-run"
 
 
-def canonical_json(obj: Any) -> str:
-    """Serialise ``obj`` as canonical JSON (sorted keys, no spaces) for hashing."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
 def cell_key(identity: Mapping[str, Any]) -> str:
     """SHA-256 (hex) of the canonical JSON of a cell's identity: the cell's store key."""
-    return hashlib.sha256(canonical_json(dict(identity)).encode("utf-8")).hexdigest()
+    return digest(dict(identity))
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,7 @@ def test_transfer_game_crafts_once_per_attack_and_source(
 def test_same_model_twice_is_computed_once(trained: dict[str, nn.Module], evalset: tuple) -> None:
     x, y = evalset
     attack = Counting(FGSM(0.1))
-    with pytest.warns(UserWarning, match="are the same model"):
+    with pytest.warns(UserWarning, match="are the same model object"):
         m = build_payoff_matrix(
             {"a": trained["a"], "a-again": trained["a"]}, {"fgsm": attack}, (x, y), progress=False
         )
