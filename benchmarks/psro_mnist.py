@@ -98,12 +98,18 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n", type=int, default=1000, help="test images of the paired evaluation")
+    parser.add_argument("--defense-oracle", choices=("pgd-at", "sap", "boost"), default=None,
+                        help="override [double_oracle] defense_oracle")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     progress = not args.no_progress
     config = load_config(args.config)
     if args.data_dir is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, data_dir=args.data_dir))
+    if args.defense_oracle is not None:
+        config = dataclasses.replace(
+            config, double_oracle=dataclasses.replace(config.double_oracle, defense_oracle=args.defense_oracle)
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
