@@ -184,7 +184,7 @@ def _double_oracle_lines(config: Any, result: Any) -> list[str]:
         f"## 2. {title}",
         "",
         f"- Value before: {pct(result.initial_value)}; after: {pct(result.equilibrium.value)} "
-        f"(stopped: {result.stop_reason}; `callback` means the wall-time limit).",
+        f"(stopped: {'wall-time limit' if result.stop_reason == 'callback' else result.stop_reason}).",
         f"- Attackers added by the attack oracle (`{do.attack}`): "
         + (", ".join(f"`{a}`" for a in result.added_attackers) or "none"),
         (
