@@ -145,9 +145,12 @@ def main() -> int:
         if name not in loaders:
             path = out / "run" / "double_oracle" / "defenders" / name / "model"
             loaders[name] = (lambda p=path: load_checkpoint(p, device=device).model)
+    from gametheory_defense.identity import defender_identity
+
     t = time.perf_counter()
-    results = paired(config, device, loaders, args.n, out / "paired.json", progress,
-                     keys={"psro-mixture": repr(ens.strategy.tolist()) + repr(list(ens.names))})
+    # cached evaluations are reused only for the very same model (a retrained baseline is evaluated again)
+    keys = {name: defender_identity(load()) for name, load in loaders.items()}
+    results = paired(config, device, loaders, args.n, out / "paired.json", progress, keys=keys)
     times["paired adaptive evaluation"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
 
