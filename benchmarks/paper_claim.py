@@ -26,33 +26,32 @@ import numpy as np
 import torch
 
 from gametheory_defense.config import defender_names, load_config
-from gametheory_defense.pipeline import cell_seed, environment, run_pipeline
+from gametheory_defense.identity import support_indices
+from gametheory_defense.pipeline import cell_seed, run_pipeline
+from gametheory_defense.provenance import environment
 from gametheory_defense.report import pct
+from gametheory_defense.stats import game_value_stderr, normal_interval, per_example_worst_case, robustness_curve
+from gametheory_defense.stats import paired_difference as _paired_difference
+from gametheory_defense.stats import strategy_stderr as _strategy_stderr
 
 
 def value_stderr(matrix, eq) -> float:
-    """Standard error of the game value, from the cells of the attacker's binding columns.
-
-    The value equals (x A)_j for every column j in the attacker's support; its error is
-    taken as the largest sqrt(sum_i x_i^2 se_ij^2) over those columns (cells independent).
-    """
-    cols = [j for j, p in enumerate(eq.attacker_strategy) if p > 1e-9]
-    return strategy_stderr(matrix, eq.defender_strategy, cols)
+    """Standard error of the game value (:func:`gametheory_defense.stats.game_value_stderr`)."""
+    return game_value_stderr(matrix, eq)
 
 
 def strategy_stderr(matrix, x, cols) -> float:
-    """Largest standard error of ``(x A)_j`` over the columns ``cols`` (cells independent)."""
+    """Largest standard error of ``(x A)_j`` over the columns ``cols`` (:mod:`gametheory_defense.stats`)."""
     if matrix.stderr is None:
         return float("nan")
-    x = np.asarray(x, dtype=np.float64)
-    se = np.asarray(matrix.stderr)
-    return float(max(math.sqrt(float(np.sum((x**2) * se[:, j] ** 2))) for j in cols))
+    return _strategy_stderr(matrix.stderr, x, cols)
 
 
 def ci(acc: float, se: float) -> str:
-    if not math.isfinite(se):
+    iv = normal_interval(acc, se)
+    if not math.isfinite(iv.low):
         return "n/a"
-    return f"[{pct(max(0.0, acc - 1.96 * se))}, {pct(min(1.0, acc + 1.96 * se))}]"
+    return f"[{pct(iv.low)}, {pct(iv.high)}]"
 
 
 def ci_pair(pair) -> str:
@@ -86,17 +85,17 @@ def eps_curve(result, config, device, eps_list, out: Path, progress: bool) -> di
                 r = result.robustness[name]
                 curves[key] = {"worst_case_accuracy": r["worst_case_accuracy"], "worst_case_ci": r["worst_case_ci"]}
             else:
-                rep = evaluate(
-                    model, (x, y), suite(config.evaluation.suite, eps=eps, norm=config.evaluation.norm, model=model),
-                    eps=eps, norm=config.evaluation.norm, repeats=config.evaluation.repeats,
-                    draws=config.evaluation.draws,
-                    batch_size=config.game.batch_size, device=device,
-                    seed=cell_seed(config.seed, "eps-curve", name, eps), progress=progress,
-                )
-                curves[key] = {
-                    "worst_case_accuracy": rep.worst_case_accuracy,
-                    "worst_case_ci": [rep.worst_case_ci_low, rep.worst_case_ci_high],
-                }
+                def at(e, model=model, name=name):
+                    return evaluate(
+                        model, (x, y), suite(config.evaluation.suite, eps=e, norm=config.evaluation.norm, model=model),
+                        eps=e, norm=config.evaluation.norm, repeats=config.evaluation.repeats,
+                        draws=config.evaluation.draws,
+                        batch_size=config.game.batch_size, device=device,
+                        seed=cell_seed(config.seed, "eps-curve", name, e), progress=progress,
+                    )
+
+                iv = robustness_curve(at, [eps])[float(eps)]
+                curves[key] = {"worst_case_accuracy": iv.estimate, "worst_case_ci": [iv.low, iv.high]}
             cache.write_text(json.dumps(curves, indent=2))
     return curves
 
@@ -150,9 +149,7 @@ def paired(config, device, loaders: dict, n: int, cache: Path, progress: bool, k
         model = load()
         t = time.perf_counter()
         rep = run(model, name, suite(ev.suite, eps=ev.eps, norm=ev.norm, model=model))
-        per_example = rep.clean_outcomes.mean(axis=0)
-        for a in rep.attacks:
-            per_example = np.minimum(per_example, a.outcomes.mean(axis=0))
+        per_example = per_example_worst_case(rep.clean_outcomes, [a.outcomes for a in rep.attacks])
         done[name] = {
             "n": n,
             **({"key": keys[name]} if name in keys else {}),
@@ -261,7 +258,7 @@ def fixed_mixtures(self_res, config, device, specs, best_at: str, n: int, out: P
         payoffs = x @ np.asarray(m.values)
         j = int(np.argmin(payoffs))
         results[name] = {
-            "weights": {r: float(w) for r, w in zip(m.defenders, x) if w > 1e-6},  # solver round-off left out
+            "weights": {m.defenders[i]: float(x[i]) for i in support_indices(x)},  # solver round-off left out
             "paper_protocol": float(payoffs[j]),
             "paper_protocol_attack": m.attackers[j],
             "paper_protocol_stderr": strategy_stderr(m, x, [j]),
@@ -271,11 +268,9 @@ def fixed_mixtures(self_res, config, device, specs, best_at: str, n: int, out: P
 
 
 def paired_difference(a: list[float], b: list[float]) -> tuple[float, float, float]:
-    """Mean of ``a - b`` over the same examples and its normal 95% interval."""
-    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    mean = float(diff.mean())
-    se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float("nan")
-    return mean, mean - 1.96 * se, mean + 1.96 * se
+    """Mean of ``a - b`` over the same examples and its normal 95% interval (:mod:`gametheory_defense.stats`)."""
+    d = _paired_difference(a, b)
+    return d.mean, d.low, d.high
 
 
 def plot_curves(curves: dict, eps_list, path: Path) -> None:
@@ -422,7 +417,7 @@ def main() -> int:
     def support(res) -> str:
         x = np.asarray(res.equilibrium.defender_strategy)
         names = res.matrix.defenders
-        return ", ".join(f"`{names[i]}` {x[i]:.3f}" for i in np.argsort(-x) if x[i] > 1e-6)
+        return ", ".join(f"`{names[i]}` {x[i]:.3f}" for i in sorted(support_indices(x), key=lambda i: -x[i]))
 
     lines = [
         f"# Results: {config.name}",

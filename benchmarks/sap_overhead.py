@@ -3,7 +3,8 @@
 Times one forward+backward pass (gradient w.r.t. the input and the parameters, as an
 attack or adversarial training step needs) of a model from
 :func:`gametheory_defense.models.build_model` without SAP, with SAP in ``fast`` and
-``exact`` mode, and with a naive reference that calls ``torch.multinomial`` once per
+``exact`` mode (also on the same model written with ``F.relu`` calls, which ``apply_sap``
+turns into a :class:`~gametheory_defense.sap.SAPForward`), and with a naive reference that calls ``torch.multinomial`` once per
 example in a Python loop (the same sampling law as ``exact``). Variants are timed
 round-robin in the same process, so slow drift of a shared machine hits all alike; each
 entry is the median over ``--repeats`` rounds. Targets: ``fast`` <= 1.5x, ``exact`` <= 3x.
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gametheory_defense.models import build_model
@@ -66,6 +68,32 @@ def naive_model(model: nn.Module, frac: float) -> nn.Module:
     return sap_model
 
 
+class FunctionalReLU(nn.Module):
+    """The layers of a sequential model run in a loop, with ``F.relu`` calls for its ``nn.ReLU``.
+
+    ``apply_sap`` turns it into a :class:`~gametheory_defense.sap.SAPForward` (generated
+    code) instead of wrapping modules: the same computation, to time that path.
+    """
+
+    def __init__(self, model: nn.Sequential) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(m for m in model if not isinstance(m, nn.ReLU))
+        self.relu_after = [i for i, m in enumerate(self.layers) if _followed_by_relu(model, m)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i in self.relu_after:
+                x = F.relu(x)
+        return x
+
+
+def _followed_by_relu(model: nn.Sequential, layer: nn.Module) -> bool:
+    items = list(model)
+    i = next(k for k, m in enumerate(items) if m is layer)
+    return i + 1 < len(items) and isinstance(items[i + 1], nn.ReLU)
+
+
 def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> Callable[[], None]:
     loss_fn = nn.CrossEntropyLoss()
 
@@ -101,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         "no SAP": base,
         "sap-fast": apply_sap(base, args.frac, mode="fast"),
         "sap-exact": apply_sap(base, args.frac, mode="exact"),
+        "sap-exact, F.relu model (SAPForward)": apply_sap(FunctionalReLU(base), args.frac, mode="exact"),
         "naive multinomial loop": naive_model(base, args.frac),
     }
     sap_gen = torch.Generator(device=device).manual_seed(1)

@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from gametheory_defense import plot_payoff, solve_zero_sum
+from gametheory_defense.identity import support_indices
 from payoff.matrix import load_payoff
 
 HERE = Path(__file__).resolve().parent
@@ -28,9 +29,8 @@ def main(argv: list[str] | None = None) -> None:
 
     game = load_payoff(args.payoff)
     eq = solve_zero_sum(game, "lp")
-    for name, p in zip(game.defenders, eq.defender_strategy, strict=True):
-        if p > 1e-9:
-            print(f"play {name:<16} with probability {p:.3f}")
+    for i in support_indices(eq.defender_strategy):  # LP round-off left out, as everywhere
+        print(f"play {game.defenders[i]:<16} with probability {eq.defender_strategy[i]:.3f}")
     best_pure = game.values.min(axis=1).max()
     print(f"guaranteed accuracy {eq.value:.2%} (best single defender: {best_pure:.2%})")
     plot_payoff(game, eq).savefig(args.figure, dpi=120)

@@ -36,10 +36,14 @@ _LAZY = {
     "OracleResponse": "gametheory_defense.double_oracle",
     "load_dataset": "gametheory_defense.data",
     "build_model": "gametheory_defense.models",
+    "register_model": "gametheory_defense.models",
+    "Normalize": "gametheory_defense.models",
     "apply_sap": "gametheory_defense.sap",
     "StochasticActivationPruning": "gametheory_defense.sap",
     "sap_settings": "gametheory_defense.sap",
     "remove_sap": "gametheory_defense.sap",
+    "activation_sites": "gametheory_defense.sap",
+    "SAPCoverageError": "gametheory_defense.sap",
     "train": "gametheory_defense.training",
     "TrainResult": "gametheory_defense.training",
     "Checkpoint": "gametheory_defense.checkpoint",
@@ -49,6 +53,8 @@ _LAZY = {
     "set_identity_tag": "gametheory_defense.identity",
     "save_checkpoint": "gametheory_defense.checkpoint",
     "load_checkpoint": "gametheory_defense.checkpoint",
+    "load_model": "gametheory_defense.checkpoint",
+    "import_model": "gametheory_defense.checkpoint",
     "GTDError": "gametheory_defense.errors",
     "SolverError": "gametheory_defense.errors",
     "GameTooLargeError": "gametheory_defense.errors",
@@ -56,6 +62,7 @@ _LAZY = {
     "CheckpointError": "gametheory_defense.errors",
     "DataError": "gametheory_defense.errors",
     "AttackError": "gametheory_defense.errors",
+    "UntrustedCodeError": "gametheory_defense.errors",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

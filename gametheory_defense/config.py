@@ -18,7 +18,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gametheory_defense.attacks.base import NORMS
 from gametheory_defense.errors import ConfigError
+from gametheory_defense.oracles import DEFENSE_ORACLES
+from gametheory_defense.sap import SAP_MODES
+from gametheory_defense.solvers._core import SELECTIONS
+from gametheory_defense.training import METHODS, OPTIMIZERS, train_defaults
+from payoff.builder import FORMULATIONS
+from payoff.executors import EXECUTORS
 
 __all__ = [
     "RunConfig",
@@ -36,7 +43,10 @@ __all__ = [
 ]
 
 # Names that cannot be used for defenders because robustness.json uses them as keys.
-RESERVED_NAMES = frozenset({"mixture", "threat_model"})
+RESERVED_NAMES = frozenset({"mixture", "mixture-double-oracle", "threat_model"})
+
+# Defaults of the [[models]] training keys: those of gametheory_defense.training.train.
+_TRAIN = train_defaults()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,21 +63,38 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """``[[models]]``: one base model to train (standard or PGD adversarial training)."""
+    """``[[models]]`` or ``[models.NAME]``: one base model, trained here or pretrained.
+
+    ``architecture`` is a built-in name, a registered name or ``"package.module:Class"``
+    (with constructor ``kwargs``; importing it needs ``--trust-code`` unless registered).
+    ``checkpoint`` points at pretrained weights used as they are (no training): a
+    checkpoint with its sidecar, or a plain ``.pt``/``.pth``/``.safetensors`` state dict
+    together with ``architecture``. ``normalize = {mean, std}`` puts a
+    :class:`~gametheory_defense.models.Normalize` layer in front of the model.
+    """
 
     name: str
-    architecture: str
-    method: str = "standard"
-    epochs: int = 10
-    eps: float = 0.3
-    attack_steps: int = 10
-    step_size: float | None = None
-    eps_warmup_epochs: int = 0
-    batch_size: int = 128
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
+    architecture: str | None = None
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    normalize: Mapping[str, Any] | None = None
+    checkpoint: str | None = None
+    method: str = _TRAIN["method"]
+    epochs: int = _TRAIN["epochs"]
+    eps: float = _TRAIN["eps"]
+    attack_steps: int = _TRAIN["attack_steps"]
+    step_size: float | None = _TRAIN["step_size"]
+    eps_warmup_epochs: int = _TRAIN["eps_warmup_epochs"]
+    batch_size: int = _TRAIN["batch_size"]
+    lr: float = _TRAIN["lr"]
+    optimizer: str = _TRAIN["optimizer"]
+    weight_decay: float = _TRAIN["weight_decay"]
     seed: int | None = None
+
+    def training_kwargs(self) -> dict[str, Any]:
+        """The :func:`~gametheory_defense.training.train` keyword arguments of this model."""
+        from gametheory_defense.training import TRAIN_SETTINGS
+
+        return {k: getattr(self, k) for k in TRAIN_SETTINGS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,17 +197,18 @@ class RunConfig:
         return _jsonable(dataclasses.asdict(self))
 
 
+# Valid values of the string keys, imported from the modules that own them.
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "models.method": ("standard", "pgd-at"),
-    "models.optimizer": ("adam", "sgd"),
-    "defenders.sap_mode": ("exact", "fast"),
-    "game.formulation": ("self", "transfer"),
-    "game.executor": ("serial", "ray"),
-    "game.select": ("clean", "max-entropy", "min-support"),
-    "evaluation.norm": ("linf", "l2"),
-    "double_oracle.defense_oracle": ("pgd-at", "sap", "boost"),
-    "double_oracle.defense.optimizer": ("adam", "sgd"),
-    "double_oracle.defense.sap_mode": ("exact", "fast"),
+    "models.method": tuple(METHODS),
+    "models.optimizer": tuple(OPTIMIZERS),
+    "defenders.sap_mode": tuple(SAP_MODES),
+    "game.formulation": tuple(FORMULATIONS),
+    "game.executor": tuple(EXECUTORS),
+    "game.select": tuple(SELECTIONS),
+    "evaluation.norm": tuple(NORMS),
+    "double_oracle.defense_oracle": tuple(DEFENSE_ORACLES),
+    "double_oracle.defense.optimizer": tuple(OPTIMIZERS),
+    "double_oracle.defense.sap_mode": tuple(SAP_MODES),
 }
 
 
@@ -288,11 +316,105 @@ def _validate_names(names: list[str], what: str) -> None:
         seen.add(n)
 
 
+def file_key(name: str) -> str:
+    """The file a name maps to, up to what file systems and checkpoint paths conflate.
+
+    ``NFKC`` normalisation (macOS stores names decomposed), case folding (case-insensitive
+    file systems), and a trailing ``.json`` or ``.safetensors`` dropped (a checkpoint
+    ``NAME.json`` is the checkpoint ``NAME``). Two names with the same key would write the
+    same files of a run directory.
+    """
+    import unicodedata
+
+    key = unicodedata.normalize("NFKC", name).casefold()
+    for suffix in (".safetensors", ".json"):
+        if key.endswith(suffix):
+            key = key[: -len(suffix)]
+            break
+    return key
+
+
+def _check_file_collisions(names: list[str], what: str, files: str, reserved: frozenset[str] = frozenset()) -> None:
+    """Refuse names that map to the same file (``files`` shows the pattern, e.g. ``models/NAME.*``)."""
+    taken: dict[str, str] = {file_key(r): r for r in reserved}
+    for n in names:
+        key = file_key(n)
+        other = taken.get(key)
+        if other is not None and other != n:
+            if other in reserved:
+                raise ConfigError(
+                    f"{what}: the name {n!r} maps to the same file as the reserved name {other!r} "
+                    f"({files.replace('NAME', other)}); rename it"
+                )
+            raise ConfigError(
+                f"{what}: the names {other!r} and {n!r} map to the same file ({files.replace('NAME', other)}: "
+                "names may not differ only in case, Unicode normalisation or a .json/.safetensors suffix); rename one"
+            )
+        taken[key] = n
+
+
+# Upper bounds of counts: beyond them a run would not finish (or a number was mistyped).
+_MAX: dict[str, float] = {
+    "data.eval_size": 10_000_000,
+    "data.train_size": 100_000_000,
+    "models.epochs": 10_000,
+    "models.attack_steps": 10_000,
+    "models.eps_warmup_epochs": 10_000,
+    "models.batch_size": 1_000_000,
+    "defenders.sap_fracs": 1_000.0,
+    "game.repeats": 10_000,
+    "game.batch_size": 1_000_000,
+    "evaluation.size": 10_000_000,
+    "evaluation.repeats": 1_000,
+    "evaluation.draws": 10_000,
+    "double_oracle.max_iterations": 1_000,
+    "attack.steps": 100_000,
+    "attack.restarts": 1_000,
+    "attack.eot_samples": 10_000,
+}
+
+
+def _check_max(value: float | int | None, key: str, where: str | None = None) -> None:
+    limit = _MAX[key]
+    if value is not None and value > limit:
+        raise ConfigError(
+            f"{where or key}: {value!r} is beyond the supported maximum {limit:g} "
+            "(a run of that size would not finish; check the number)"
+        )
+
+
+def max_eps(norm: str, input_shape: tuple[int, ...] | None) -> float:
+    """The largest meaningful radius for inputs in [0, 1]: 1 (L-inf), the cube's diagonal (L2)."""
+    if norm == "l2":
+        return math.sqrt(math.prod(input_shape)) if input_shape else math.inf
+    return 1.0
+
+
+def _check_eps(eps: float | None, norm: str, input_shape: tuple[int, ...] | None, where: str) -> None:
+    if eps is None:
+        return
+    limit = max_eps(norm, input_shape)
+    if not (isinstance(eps, int | float) and math.isfinite(eps)) or eps < 0 or eps > limit:
+        raise ConfigError(
+            f"{where}: eps {eps!r} is outside the input range: inputs lie in [0, 1], so a {norm} radius "
+            f"must lie in [0, {limit:g}]"
+        )
+
+
+def _check_attack(attack: Any, input_shape: tuple[int, ...] | None, where: str) -> None:
+    """Radius within the input range and counts within bounds, from the built attack's settings."""
+    cfg = attack.config()
+    _check_eps(cfg.get("eps"), str(cfg.get("norm", "linf")), input_shape, f"{where}.eps")
+    for key in ("steps", "restarts", "eot_samples"):
+        value = cfg.get(key)
+        if isinstance(value, int | float):
+            _check_max(value, f"attack.{key}", f"{where}.{key}")
+
+
 def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunConfig:
     """Validate a configuration table (already parsed from TOML) and return a :class:`RunConfig`."""
     from gametheory_defense.attacks import ATTACKS, build_attack
     from gametheory_defense.data import DATASETS
-    from gametheory_defense.models import MODELS
 
     allowed = {"run", "data", "models", "defenders", "attackers", "game", "evaluation", "double_oracle"}
     for key in raw:
@@ -311,17 +433,13 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
     _check_positive(data.eval_size, "data.eval_size")
     _check_positive(data.eval_offset, "data.eval_offset", allow_zero=True)
     _check_positive(data.train_size, "data.train_size")
+    _check_max(data.eval_size, "data.eval_size")
+    _check_max(data.train_size, "data.train_size")
+    input_shape = tuple(DATASETS[data.dataset].input_shape)
 
-    models_raw = raw.get("models")
-    if not isinstance(models_raw, list) or not models_raw:
-        raise ConfigError("models: at least one [[models]] table is required")
-    models = tuple(_section(ModelConfig, m, f"models[{i}]") for i, m in enumerate(models_raw))
+    models = _parse_models(raw.get("models"), source)
     for i, m in enumerate(models):
         where = f"models[{i}]"
-        if m.architecture not in MODELS:
-            raise ConfigError(
-                f"{where}.architecture: unknown model {m.architecture!r} (choose from {', '.join(MODELS)})"
-            )
         _check_choice(m.method, "models.method")
         _check_choice(m.optimizer, "models.optimizer")
         _check_positive(m.epochs, f"{where}.epochs")
@@ -331,12 +449,18 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
         _check_positive(m.batch_size, f"{where}.batch_size")
         _check_positive(m.lr, f"{where}.lr")
         _check_positive(m.eps_warmup_epochs, f"{where}.eps_warmup_epochs", allow_zero=True)
+        for key in ("epochs", "attack_steps", "eps_warmup_epochs", "batch_size"):
+            _check_max(getattr(m, key), f"models.{key}", f"{where}.{key}")
+        _check_eps(m.eps, "linf", input_shape, f"{where}.eps")  # PGD-AT trains under L-inf
+        _check_eps(m.step_size, "linf", input_shape, f"{where}.step_size")
     _validate_names([m.name for m in models], "models")
+    _check_file_collisions([m.name for m in models], "models", "models/NAME.safetensors and .json")
 
     defenders = _section(DefendersConfig, raw.get("defenders", {}), "defenders")
     _check_choice(defenders.sap_mode, "defenders.sap_mode")
     for i, f in enumerate(defenders.sap_fracs):
         _check_positive(f, f"defenders.sap_fracs[{i}]")
+        _check_max(f, "defenders.sap_fracs", f"defenders.sap_fracs[{i}]")
     if defenders.sap_models is not None:
         for n in defenders.sap_models:
             if n not in {m.name for m in models}:
@@ -356,9 +480,10 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
                 f"attackers[{i}].attack: unknown attack {a.attack!r} (choose from {', '.join(ATTACKS)})"
             )
         try:
-            build_attack(a.attack, **a.params)
+            built = build_attack(a.attack, **a.params)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"attackers[{i}] ({a.name}): {exc}") from None
+        _check_attack(built, input_shape, f"attackers[{i}]")
     _validate_names([a.name for a in attackers], "attackers")
 
     game = _section(GameConfig, raw.get("game", {}), "game")
@@ -367,6 +492,8 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
     _check_choice(game.select, "game.select")
     _check_positive(game.repeats, "game.repeats")
     _check_positive(game.batch_size, "game.batch_size")
+    _check_max(game.repeats, "game.repeats")
+    _check_max(game.batch_size, "game.batch_size")
     from gametheory_defense.solvers import SOLVERS
 
     if game.solver not in SOLVERS:
@@ -378,6 +505,9 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
     _check_positive(evaluation.size, "evaluation.size")
     _check_positive(evaluation.repeats, "evaluation.repeats")
     _check_positive(evaluation.draws, "evaluation.draws")
+    _check_eps(evaluation.eps, evaluation.norm, input_shape, "evaluation.eps")
+    for key in ("size", "repeats", "draws"):
+        _check_max(getattr(evaluation, key), f"evaluation.{key}")
     from gametheory_defense.evaluation import SUITES
 
     if evaluation.suite not in SUITES:
@@ -394,15 +524,17 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
     do = dataclasses.replace(do, defense=_defense_oracle(defense_raw, do, MODELS))
     _check_positive(do.max_iterations, "double_oracle.max_iterations")
     _check_positive(do.tol, "double_oracle.tol", allow_zero=True)
+    _check_max(do.max_iterations, "double_oracle.max_iterations")
     if do.attack not in ATTACKS:
         raise ConfigError(f"double_oracle.attack: unknown attack {do.attack!r} (choose from {', '.join(ATTACKS)})")
     if do.enabled or do.params:
         # A disabled loop with no settings (the default when the section is left out) has no
         # attack to build; settings that are given are checked even when it is disabled.
         try:
-            build_attack(do.attack, **do.params)
+            built = build_attack(do.attack, **do.params)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"double_oracle ({do.attack}): {exc}") from None
+        _check_attack(built, input_shape, "double_oracle")
 
     config = RunConfig(
         name=name,
@@ -434,6 +566,7 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
     for n in names:
         if n in RESERVED_NAMES:
             raise ConfigError(f"defenders: the name {n!r} is reserved; rename that model")
+    _check_file_collisions(names, "defenders", "robustness/NAME.json", reserved=RESERVED_NAMES)
     return config
 
 
@@ -456,6 +589,70 @@ def _defense_oracle(raw: Any, do: DoubleOracleConfig, models: Mapping[str, Any])
     if do.defense_oracle == "sap" and not d.sap_fracs:
         raise ConfigError(f"{where}.sap_fracs: the 'sap' oracle needs at least one rate")
     return d
+
+
+#: Keys of a model table that only concern training (refused next to ``checkpoint``).
+_TRAINING_KEYS = (
+    "method", "epochs", "eps", "attack_steps", "step_size", "eps_warmup_epochs",
+    "batch_size", "lr", "optimizer", "weight_decay", "seed",
+)
+
+
+def _parse_models(models_raw: Any, source: str | None) -> tuple[ModelConfig, ...]:
+    """``[[models]]`` (a list of tables with ``name``) or ``[models.NAME]`` (a table of tables)."""
+    from gametheory_defense.models import MODELS, is_import_spec, parse_normalize, registered_models
+
+    if isinstance(models_raw, Mapping):
+        tables = []
+        for name, table in models_raw.items():
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"models.{name}: expected a table, got {type(table).__name__}")
+            if "name" in table and table["name"] != name:
+                raise ConfigError(f"models.{name}: 'name' = {table['name']!r} differs from the table's name")
+            tables.append((f"models.{name}", {**table, "name": name}))
+    elif isinstance(models_raw, list):
+        tables = [(f"models[{i}]", m) for i, m in enumerate(models_raw)]
+    else:
+        tables = []
+    if not tables:
+        raise ConfigError("models: at least one [[models]] (or [models.NAME]) table is required")
+    out = []
+    for where, table in tables:
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
+        rest = {k: v for k, v in table.items() if k not in ("kwargs", "normalize")}
+        m = _section(ModelConfig, rest, where)
+        kwargs = table.get("kwargs", {})
+        if not isinstance(kwargs, Mapping):
+            raise ConfigError(f"{where}.kwargs: expected a table of constructor arguments, got {kwargs!r}")
+        try:
+            normalize = parse_normalize(table.get("normalize"))
+        except ValueError as exc:
+            raise ConfigError(f"{where}.{exc}") from None
+        arch = m.architecture
+        if arch is not None and arch not in MODELS and not is_import_spec(arch) and arch not in registered_models():
+            raise ConfigError(
+                f"{where}.architecture: unknown model {arch!r} (choose from {', '.join(MODELS)}, a registered "
+                "name, or 'package.module:Class')"
+            )
+        if kwargs and (arch is None or arch in MODELS):
+            raise ConfigError(f"{where}.kwargs: only for architectures named as 'package.module:Class' or registered")
+        checkpoint = m.checkpoint
+        if checkpoint is not None:
+            given = [k for k in _TRAINING_KEYS if k in table]
+            if given:
+                raise ConfigError(
+                    f"{where}: '{given[0]}' configures training, but checkpoint = {checkpoint!r} is used as it is "
+                    "(no training); remove it"
+                )
+            path = Path(checkpoint).expanduser()
+            if not path.is_absolute() and source is not None:
+                path = Path(source).parent / path  # relative to the configuration file
+            checkpoint = str(path)
+        elif arch is None:
+            raise ConfigError(f"{where}: missing required key 'architecture' (or a pretrained 'checkpoint')")
+        out.append(dataclasses.replace(m, kwargs=dict(kwargs), normalize=normalize, checkpoint=checkpoint))
+    return tuple(out)
 
 
 def defender_names(config: RunConfig) -> list[str]:

@@ -243,12 +243,40 @@ def _validate_pair(
     lo, hi = float(x.min()), float(x.max())
     if not (0.0 <= lo and hi <= 1.0):  # also catches NaN
         raise ValueError(
-            f"images must lie in [0, 1] (normalisation belongs inside the model), got range "
+            f"images must lie in [0, 1] (normalisation belongs inside the model: "
+            f"gametheory_defense.models.Normalize, or the normalize = {{mean, std}} option), got range "
             f"[{lo:.4g}, {hi:.4g}]"
         )
     if int(y.min()) < 0:
         raise ValueError(f"labels must be >= 0, got {int(y.min())}")
     return x, y
+
+
+def _from_loader(loader: torch.utils.data.DataLoader) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[type-arg]
+    """Concatenate the ``(images, labels)`` batches of a DataLoader."""
+    import warnings
+
+    if isinstance(getattr(loader, "sampler", None), torch.utils.data.RandomSampler):
+        warnings.warn(
+            "the DataLoader shuffles: the evaluation set's order (and its cache keys) change between calls; "
+            "pass shuffle=False for reproducible results",
+            stacklevel=3,
+        )
+    xs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+    for i, batch in enumerate(loader):
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise ValueError(
+                f"DataLoader batches must be (images, labels) pairs, batch {i} is {type(batch).__name__}"
+            )
+        xs.append(torch.as_tensor(batch[0]))
+        ys.append(torch.as_tensor(batch[1]).reshape(-1))
+    if not xs:
+        raise ValueError("the DataLoader yields no batches")
+    try:
+        return torch.cat(xs), torch.cat(ys)
+    except RuntimeError as exc:
+        raise ValueError(f"DataLoader batches have inconsistent shapes ({exc})") from None
 
 
 def as_tensors(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,10 +286,13 @@ def as_tensors(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
     Parameters
     ----------
-    data : ArrayDataset, tuple or Dataset
+    data : ArrayDataset, tuple, Dataset or DataLoader
         An object with ``.images`` and ``.labels`` (an :class:`ArrayDataset`), a tuple
-        ``(x, y)`` of tensors or arrays, or any map-style data set (``len`` and integer
-        indexing) whose items are ``(image, label)`` pairs.
+        ``(x, y)`` of tensors or arrays, any map-style data set (``len`` and integer
+        indexing) whose items are ``(image, label)`` pairs, or a
+        :class:`torch.utils.data.DataLoader` yielding ``(images, labels)`` batches (read
+        once, in its order; a shuffling loader gets a warning, since the evaluation set
+        then changes between calls).
 
     Returns
     -------
@@ -283,6 +314,8 @@ def as_tensors(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
         if len(data) != 2:
             raise ValueError(f"a data tuple must be (x, y), got a tuple of length {len(data)}")
         x, y = data
+    elif isinstance(data, torch.utils.data.DataLoader):
+        x, y = _from_loader(data)
     elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         n = len(data)
         if n == 0:
@@ -309,8 +342,8 @@ def as_tensors(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
             raise ValueError(f"data set items have inconsistent shapes ({exc})") from None
     else:
         raise ValueError(
-            "data must be an ArrayDataset, a tuple (x, y) or a map-style Dataset of "
-            f"(image, label) pairs, got {type(data).__name__}"
+            "data must be an ArrayDataset, a tuple (x, y), a map-style Dataset of (image, label) pairs "
+            f"or a DataLoader, got {type(data).__name__}"
         )
     return _validate_pair(x, y)
 

@@ -222,8 +222,20 @@ def double_oracle(
     iterative = isinstance(method, str) and method in ITERATIVE_METHODS
     solver_tol = max(tol / 10, 1e-9) if iterative else 1e-9
 
+    last: list[Equilibrium] = []
+
     def solve(g: Any) -> Equilibrium:
-        return solve_zero_sum(g, method, select=select, tol=solver_tol)
+        # Iterative methods start from the previous round's strategies (new strategies, which
+        # are appended, start at probability 0): a warm start for the repeated solves.
+        warm: dict[str, Any] = {}
+        if iterative and last:
+            x_prev, y_prev = last[0].defender_strategy, last[0].attacker_strategy
+            warm = {
+                "x0": np.pad(x_prev, (0, len(g.defenders) - x_prev.size)),
+                "y0": np.pad(y_prev, (0, len(g.attackers) - y_prev.size)),
+            }
+        last[:] = [solve_zero_sum(g, method, select=select, tol=solver_tol, **warm)]
+        return last[0]
 
     eq = solve(game)
     initial_value = eq.value

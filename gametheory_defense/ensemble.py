@@ -38,9 +38,18 @@ from torch import nn
 
 from gametheory_defense import __version__
 from gametheory_defense.errors import CheckpointError
+from gametheory_defense.identity import SUPPORT_TOL, digest
 from gametheory_defense.stochastic import StochasticModule, use_generator
 
-__all__ = ["MixedStrategyModel", "SAMPLE_MODES", "MANIFEST", "FORMAT", "FORMAT_VERSION"]
+__all__ = [
+    "MixedStrategyModel",
+    "SAMPLE_MODES",
+    "MANIFEST",
+    "MANIFEST_DIGEST",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "manifest_digest",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,9 @@ FORMAT = "gametheory-defense/ensemble"
 FORMAT_VERSION = 1
 
 SampleMode = Literal["per-example", "per-batch", "expected"]
+
+#: Manifest key holding the SHA-256 of the manifest's other fields (:func:`manifest_digest`).
+MANIFEST_DIGEST = "manifest_sha256"
 
 _PROB_TOL = 1e-6
 _CHUNK = 1 << 20
@@ -83,6 +95,16 @@ def _validate_strategy(strategy: Sequence[float] | np.ndarray | torch.Tensor, n_
     p = p / total
     p.setflags(write=False)
     return p
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """SHA-256 of a manifest's canonical JSON, every field but :data:`MANIFEST_DIGEST` itself.
+
+    Covers what changes the ensemble's outputs (names, strategy, sampling mode, each
+    member's SAP settings, architecture and file digests) and its metadata (data set,
+    threat model): a hand-edited manifest is an error naming the file.
+    """
+    return digest({k: v for k, v in manifest.items() if k != MANIFEST_DIGEST})
 
 
 def _slug(name: str) -> str:
@@ -340,7 +362,7 @@ class MixedStrategyModel(StochasticModule):
         eq: Any,
         defenders: Mapping[str, nn.Module | Any],
         *,
-        atol: float = 1e-6,
+        atol: float = SUPPORT_TOL,
         sample: SampleMode | str = "per-example",
     ) -> MixedStrategyModel:
         """The defender's equilibrium mixture of a solved game (von Neumann, 1928) as a model.
@@ -354,7 +376,7 @@ class MixedStrategyModel(StochasticModule):
         defenders : Mapping[str, nn.Module or DefenderSpec]
             Models by the names of the game's rows. Only the support (probability
             ``> atol``) must be present; a ``DefenderSpec`` is loaded on the CPU.
-        atol : float, default 1e-6
+        atol : float, default :data:`~gametheory_defense.identity.SUPPORT_TOL` (1e-6)
             Probabilities ``<= atol`` are dropped and the rest renormalised. LP solvers
             leave round-off of about their feasibility tolerance (HiGHS: 1e-7) on rows
             outside the support; keeping such a member would change nothing at inference
@@ -501,7 +523,9 @@ class MixedStrategyModel(StochasticModule):
                 "metadata": self.metadata,
                 "library_version": __version__,
                 "torch_version": torch.__version__.split("+")[0],
+                "torch_threads": int(torch.get_num_threads()),
             }
+            manifest[MANIFEST_DIGEST] = manifest_digest(manifest)
             text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
             with open(tmp / MANIFEST, "w", encoding="utf-8") as fh:
                 fh.write(text)
@@ -522,7 +546,9 @@ class MixedStrategyModel(StochasticModule):
         return target
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> MixedStrategyModel:
+    def load(
+        cls, directory: str | os.PathLike[str], *, device: str | torch.device = "cpu", trust_code: bool = False
+    ) -> MixedStrategyModel:
         """Rebuild an ensemble written by :meth:`save`, without unpickling anything.
 
         Checks the manifest (format, version, names, strategy length and sum, sample mode),
@@ -535,6 +561,9 @@ class MixedStrategyModel(StochasticModule):
             An ensemble directory.
         device : str or torch.device, default "cpu"
             Where the members live.
+        trust_code : bool, default False
+            Allow importing members' architectures named as ``"package.module:Class"``
+            that are not registered (see :func:`~gametheory_defense.checkpoint.load_checkpoint`).
 
         Returns
         -------
@@ -570,6 +599,14 @@ class MixedStrategyModel(StochasticModule):
             raise bad(f"format is {manifest.get('format')!r}, expected {FORMAT!r}")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise bad(f"format_version {manifest.get('format_version')!r} is not supported (this library reads {FORMAT_VERSION})")
+        recorded = manifest.get(MANIFEST_DIGEST)
+        if recorded is None:
+            log.warning("%s: no %s (written by an older version); its fields cannot be verified", mpath, MANIFEST_DIGEST)
+        elif recorded != manifest_digest(manifest):
+            raise bad(
+                f"the manifest was edited after it was written (its fields do not match its {MANIFEST_DIGEST}); "
+                "restore it or save the ensemble again"
+            )
         members = manifest.get("members")
         names = manifest.get("names")
         strategy = manifest.get("strategy")
@@ -616,7 +653,7 @@ class MixedStrategyModel(StochasticModule):
             sap = entry.get("sap")
             if sap is not None and not isinstance(sap, dict):
                 raise bad(f"member {i} ({entry['name']!r}): 'sap' must be null or an object, got {sap!r}")
-            ckpt = load_checkpoint(root / entry["weights"], device=device, sap=sap)
+            ckpt = load_checkpoint(root / entry["weights"], device=device, sap=sap, trust_code=trust_code)
             arch = ckpt.metadata.get("architecture")
             if entry.get("architecture") is not None and entry["architecture"] != arch:
                 raise CheckpointError(

@@ -15,6 +15,7 @@ __all__ = [
     "CheckpointError",
     "DataError",
     "AttackError",
+    "UntrustedCodeError",
 ]
 
 
@@ -44,3 +45,12 @@ class DataError(GTDError, ValueError):
 
 class AttackError(GTDError, ValueError):
     """An attack was configured or called with invalid arguments."""
+
+
+class UntrustedCodeError(GTDError, ValueError):
+    """A file names code to import (an architecture ``package.module:Class``) that nobody trusted.
+
+    Pass ``trust_code=True`` (CLI: ``--trust-code``) to import it, or register it first with
+    :func:`gametheory_defense.models.register_model` (or a ``gametheory_defense.models``
+    entry point of an installed package).
+    """

@@ -774,6 +774,11 @@ def evaluate(
     x_all, y_all = as_tensors(data)
     x_all, y_all = x_all.to(device), y_all.to(device)
     n = x_all.shape[0]
+    from gametheory_defense.models import check_classifier
+
+    k = check_classifier(model, x_all[:2])  # wrong shapes, tuple outputs, float64 weights: one line
+    if int(y_all.max()) >= k:
+        raise ValueError(f"the model has {k} logits but the labels go up to {int(y_all.max())}")
     gen = generator if generator is not None else torch.Generator().manual_seed(seed)
 
     modes = [(m, m.training) for m in model.modules()]

@@ -12,13 +12,27 @@ be attached after any one of them by name (see :func:`relu_names`).
 Models are built by name through :func:`build_model` from the :data:`MODELS` registry;
 the built model carries ``model.architecture = {"name", "input_shape", "num_classes"}``,
 which the checkpoint code stores to rebuild it.
+
+Any other ``nn.Module`` class can be a defender too ("bring your own model",
+``docs/models.md``): its architecture is named as an importable ``"package.module:Class"``
+with JSON keyword arguments (``kwargs``), recorded in the checkpoint's sidecar. Importing
+code because a *file* names it needs consent: ``trust_code=True`` (CLI ``--trust-code``),
+or a prior :func:`register_model` (in Python, or for every process through an entry point
+of the ``gametheory_defense.models`` group in an installed package). Models that expect
+normalised inputs get a :class:`Normalize` layer in front (``normalize={"mean", "std"}``).
+:func:`check_classifier` turns the usual mistakes (wrong input shape, tuple outputs,
+float64 weights) into one-line errors before any attack runs.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
-from collections.abc import Callable, Sequence
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,6 +51,15 @@ __all__ = [
     "PreActResNet18",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
+    "ENTRY_POINT_GROUP",
+    "register_model",
+    "registered_models",
+    "resolve_architecture",
+    "is_import_spec",
+    "parse_normalize",
+    "with_normalize",
+    "check_classifier",
+    "check_logits",
 ]
 
 #: Per-channel mean of the CIFAR-10 training images (in [0, 1] units).
@@ -77,11 +100,14 @@ class Normalize(nn.Module):
         std_t = torch.as_tensor(list(std), dtype=torch.float32)
         if mean_t.ndim != 1 or mean_t.shape != std_t.shape or mean_t.numel() == 0:
             raise ValueError(
-                f"Normalize needs one mean and one std per channel, got {len(mean_t)} means "
-                f"and {len(std_t)} stds"
+                f"gametheory_defense.models.Normalize needs one mean and one std per channel, got "
+                f"{mean_t.numel()} means and {std_t.numel()} stds"
             )
-        if not bool((std_t > 0).all()):
-            raise ValueError(f"Normalize std must be positive, got {std_t.tolist()}")
+        if not bool(torch.isfinite(mean_t).all()) or not bool((std_t > 0).all()) or not bool(torch.isfinite(std_t).all()):
+            raise ValueError(
+                f"gametheory_defense.models.Normalize needs finite means and positive finite stds, got "
+                f"mean={mean_t.tolist()}, std={std_t.tolist()}"
+            )
         self.register_buffer("mean", mean_t.view(-1, 1, 1))
         self.register_buffer("std", std_t.view(-1, 1, 1))
 
@@ -397,62 +423,491 @@ def build_model(
     name: str,
     *,
     input_shape: Sequence[int],
-    num_classes: int,
+    num_classes: int | None = None,
     generator: torch.Generator | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    normalize: Mapping[str, Sequence[float]] | None = None,
+    trust_code: bool = False,
 ) -> nn.Module:
-    """Build a registered classifier (architectures: see :data:`MODELS`).
+    """Build a classifier: a built-in architecture of :data:`MODELS`, or any ``nn.Module`` class.
 
     Parameters
     ----------
     name : str
-        Registry name: ``"mlp"``, ``"small-cnn"``, ``"madry-cnn"`` or ``"preact-resnet18"``.
+        A registry name (``"mlp"``, ``"small-cnn"``, ``"madry-cnn"``, ``"preact-resnet18"``),
+        a name given to :func:`register_model` or to a ``gametheory_defense.models`` entry
+        point, or an importable ``"package.module:Class"`` (a class or factory returning an
+        ``nn.Module``; see :func:`resolve_architecture` for when it may be imported).
     input_shape : tuple of int
         ``(C, H, W)`` of one input in [0, 1].
-    num_classes : int
-        Number of logits (at least 2).
+    num_classes : int, optional
+        Number of logits (at least 2). Required for built-in architectures; for others it
+        is checked against one forward pass, or read from it when omitted.
     generator : torch.Generator, optional
-        When given, all parameters are initialised from it (:func:`init_parameters`) and
-        torch's global generator is left exactly as it was; when ``None``, PyTorch's
-        default initialisation draws from the global generator.
+        When given, all parameters are initialised from it and torch's global generator
+        is left exactly as it was (built-ins: :func:`init_parameters`; other classes:
+        their own initialisation, run under a seed drawn from ``generator``); when
+        ``None``, PyTorch's default initialisation draws from the global generator.
+    kwargs : mapping, optional
+        JSON keyword arguments of a non-built-in constructor (``Class(**kwargs)``).
+    normalize : mapping, optional
+        ``{"mean": [...], "std": [...]}``, one value per input channel: the model is
+        wrapped as ``Sequential(normalize=Normalize(mean, std), model=net)`` so that it takes
+        inputs in [0, 1] (see :func:`with_normalize`).
+    trust_code : bool, default False
+        Allow importing ``name`` when it is a ``"package.module:Class"`` that was not
+        registered. Only set it for code you trust: importing runs it.
 
     Returns
     -------
     nn.Module
         The model on the CPU in training mode, with the attribute
-        ``architecture = {"name": name, "input_shape": [C, H, W], "num_classes": k}``.
+        ``architecture = {"name", "input_shape", "num_classes"}`` plus ``"kwargs"`` and
+        ``"normalize"`` where given; the checkpoint sidecar records it.
 
     Raises
     ------
     ValueError
         Unknown name (the message lists the choices), malformed or incompatible
-        ``input_shape``, or ``num_classes < 2``.
+        ``input_shape``, ``num_classes < 2``, bad ``kwargs`` or ``normalize``, a model that
+        does not map ``input_shape`` inputs to ``num_classes`` logits.
+    UntrustedCodeError
+        ``name`` is an unregistered ``"package.module:Class"`` and ``trust_code`` is false.
     """
-    spec = MODELS.get(name)
-    if spec is None:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
     shape = _validate_shape(input_shape)
-    if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 2:
+    norm = parse_normalize(normalize)
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, (int, float)) or int(num_classes) != num_classes or num_classes < 2
+    ):
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    num_classes = int(num_classes)
-    if generator is None:
-        model = spec(shape, num_classes)
-    else:
-        if generator.device.type != "cpu":
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(
+            f"build_model needs a CPU generator, got one on {generator.device}; "
+            "move the model with .to(device) after building"
+        )
+    spec = MODELS.get(name) if isinstance(name, str) else None
+    if spec is not None:
+        if kwargs:
             raise ValueError(
-                f"build_model needs a CPU generator, got one on {generator.device}; "
-                "move the model with .to(device) after building"
+                f"the built-in model {name!r} takes no kwargs (got {sorted(kwargs)}); kwargs are for "
+                "architectures named as 'package.module:Class'"
             )
-        # The default initialisation inside the constructors draws from the global
-        # generator; fork_rng puts its state back so a seeded build has no side effect.
-        with torch.random.fork_rng(devices=[]):
+        if num_classes is None:
+            raise ValueError(f"num_classes is required to build the built-in model {name!r}")
+        num_classes = int(num_classes)
+        if generator is None:
             model = spec(shape, num_classes)
-        init_parameters(model, generator)
-    model.architecture = {  # type: ignore[assignment]
-        "name": name,
-        "input_shape": list(shape),
-        "num_classes": num_classes,
-    }
+        else:
+            # The default initialisation inside the constructors draws from the global
+            # generator; fork_rng puts its state back so a seeded build has no side effect.
+            with torch.random.fork_rng(devices=[]):
+                model = spec(shape, num_classes)
+            init_parameters(model, generator)
+        arch: dict[str, Any] = {"name": name, "input_shape": list(shape), "num_classes": num_classes}
+    else:
+        constructor = resolve_architecture(name, trust_code=trust_code)
+        kw = _check_kwargs(kwargs, name)
+        with torch.random.fork_rng(devices=[]):
+            if generator is not None:
+                torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+            try:
+                model = constructor(**kw)
+            except Exception as exc:  # the user's constructor: any failure becomes one line
+                raise ValueError(f"building {name!r} with kwargs {kw} failed: {_first_line(exc)}") from None
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"{name!r} returned a {type(model).__name__}, not a torch.nn.Module")
+        arch = {"name": name, "input_shape": list(shape), "num_classes": None, "kwargs": kw}
+    if norm is not None:
+        if len(norm["mean"]) != shape[0]:
+            raise ValueError(
+                f"normalize gives {len(norm['mean'])} channel statistics but the inputs have {shape[0]} "
+                "channel(s) (gametheory_defense.models.Normalize needs one mean and one std per input channel)"
+            )
+        model = with_normalize(model, mean=norm["mean"], std=norm["std"])
+        arch["normalize"] = norm
+    if arch["num_classes"] is None:
+        arch["num_classes"] = check_classifier(
+            model, input_shape=shape, num_classes=None if num_classes is None else int(num_classes), name=f"architecture {name!r}"
+        )
+    model.architecture = arch  # type: ignore[assignment]
     return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _check_kwargs(kwargs: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
+    """Constructor keyword arguments as a plain JSON object (they are recorded in sidecars)."""
+    import json
+
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise ValueError(f"kwargs of {name!r} must be a JSON object (string keys), got {kwargs!r}")
+    try:
+        return json.loads(json.dumps(dict(kwargs), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"kwargs of {name!r} must be JSON (strings, numbers, booleans, lists, objects): {exc}"
+        ) from None
+
+
+# --------------------------------------------------------------------------- open world
+
+#: Entry-point group through which installed packages register their architectures
+#: (``[project.entry-points."gametheory_defense.models"] my-net = "my_pkg.nets:MyNet"``).
+ENTRY_POINT_GROUP = "gametheory_defense.models"
+
+_IMPORT_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+# name -> constructor, or the "package.module:Class" to import when first used
+_REGISTERED: dict[str, Callable[..., nn.Module] | str] = {}
+
+
+def is_import_spec(name: object) -> bool:
+    """Whether ``name`` has the form ``"package.module:Class"`` (``"pkg.mod:Outer.Inner"`` too)."""
+    return isinstance(name, str) and _IMPORT_SPEC.match(name) is not None
+
+
+def _spec_of(obj: Callable[..., Any]) -> str:
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if not module or not qualname or "<locals>" in qualname:
+        raise ValueError(
+            f"{obj!r} is not importable by name (defined inside a function?); pass name=... "
+            "to register it under a name of your choice"
+        )
+    return f"{module}:{qualname}"
+
+
+def register_model(target: str | Callable[..., nn.Module], *, name: str | None = None) -> str:
+    """Trust an architecture: checkpoints and configs that name it load without ``trust_code``.
+
+    Parameters
+    ----------
+    target : str or callable
+        A ``"package.module:Class"`` to import when first used, or the class (or factory)
+        itself; it is called with the ``kwargs`` recorded for the model and must return an
+        ``nn.Module``.
+    name : str, optional
+        A short name (e.g. ``"my-resnet"``) under which configs and sidecars may refer to
+        it (the ``"package.module:Class"`` it stands for is registered too); default the
+        ``"package.module:Class"`` of ``target``.
+
+    Returns
+    -------
+    str
+        The name the architecture is recorded under.
+
+    Raises
+    ------
+    ValueError
+        ``target`` is neither an import spec nor callable, or ``name`` is a built-in name
+        or already registered for something else.
+
+    Notes
+    -----
+    Registration lasts for the process. Installed packages register theirs for every
+    process through entry points of the ``gametheory_defense.models`` group.
+    """
+    if isinstance(target, str):
+        if not is_import_spec(target):
+            raise ValueError(f"register_model needs 'package.module:Class' or a class, got {target!r}")
+        spec = target
+    elif callable(target):
+        spec = _spec_of(target) if name is None else None  # type: ignore[assignment]
+    else:
+        raise ValueError(f"register_model needs 'package.module:Class' or a class, got {type(target).__name__}")
+    key = name if name is not None else spec
+    if not isinstance(key, str) or not key.strip() or any(c.isspace() for c in key):
+        raise ValueError(f"register_model: name must be a non-empty string without spaces, got {key!r}")
+    if key in MODELS:
+        raise ValueError(f"register_model: {key!r} is a built-in model name; choose another name")
+    keys = [key]
+    if name is not None:  # consent to the short name covers the import path it stands for
+        try:
+            keys.append(target if isinstance(target, str) else _spec_of(target))
+        except ValueError:
+            pass
+    for k in keys:
+        old = _REGISTERED.get(k)
+        if old is not None and old is not target and old != target:
+            raise ValueError(f"register_model: {k!r} is already registered for {old!r}")
+    for k in keys:
+        _REGISTERED[k] = target
+    return key
+
+
+def _entry_points() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def registered_models() -> dict[str, str]:
+    """Architectures that load without ``trust_code``: name -> what it refers to.
+
+    The built-ins of :data:`MODELS`, :func:`register_model` registrations of this process,
+    and the ``gametheory_defense.models`` entry points of installed packages.
+    """
+    out = {name: f"built-in: {spec.description}" for name, spec in MODELS.items()}
+    for name, ep in _entry_points().items():
+        out.setdefault(name, f"entry point: {ep.value}")
+    for name, target in _REGISTERED.items():
+        out[name] = target if isinstance(target, str) else f"registered: {_spec_of_or_repr(target)}"
+    return out
+
+
+def _spec_of_or_repr(obj: Any) -> str:
+    try:
+        return _spec_of(obj)
+    except ValueError:
+        return repr(obj)
+
+
+def _import_spec(spec: str) -> Callable[..., nn.Module]:
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:  # ImportError, AttributeError, or an error raised by the module itself
+        raise ValueError(f"cannot import architecture {spec!r}: {_first_line(exc)}") from None
+    if not callable(obj):
+        raise ValueError(f"architecture {spec!r} is a {type(obj).__name__}, not a class or function")
+    return obj  # type: ignore[no-any-return]
+
+
+def resolve_architecture(name: str, *, trust_code: bool = False) -> Callable[..., nn.Module]:
+    """The constructor an architecture name stands for, importing code only with consent.
+
+    Looked up in order: :func:`register_model` registrations; entry points of the
+    ``gametheory_defense.models`` group (by entry-point name, or by the
+    ``"package.module:Class"`` they point at); then, only when ``trust_code`` is true, any
+    ``"package.module:Class"``. A name read from a file never triggers an import by itself.
+
+    Parameters
+    ----------
+    name : str
+        An architecture name (not one of the built-ins of :data:`MODELS`, which
+        :func:`build_model` builds itself).
+    trust_code : bool, default False
+        Allow importing an unregistered ``"package.module:Class"``.
+
+    Returns
+    -------
+    callable
+        Called with the model's ``kwargs``; returns an ``nn.Module``.
+
+    Raises
+    ------
+    UntrustedCodeError
+        An unregistered ``"package.module:Class"`` without ``trust_code``.
+    ValueError
+        An unknown name, or code that cannot be imported.
+    """
+    from gametheory_defense.errors import UntrustedCodeError
+
+    if not isinstance(name, str):
+        raise ValueError(f"an architecture name must be a string, got {name!r}")
+    target = _REGISTERED.get(name)
+    if target is None:
+        for ep_name, ep in _entry_points().items():
+            if name in (ep_name, ep.value):
+                try:
+                    target = ep.load()
+                except Exception as exc:
+                    raise ValueError(
+                        f"entry point {ep_name!r} = {ep.value!r} of group {ENTRY_POINT_GROUP!r} cannot be loaded: {_first_line(exc)}"
+                    ) from None
+                break
+    if target is None and is_import_spec(name):
+        if not trust_code:
+            raise UntrustedCodeError(
+                f"architecture {name!r} is code to import; pass trust_code=True (CLI: --trust-code) if you "
+                f"trust it, or register it first with gametheory_defense.models.register_model({name!r})"
+            )
+        target = name
+    if target is None:
+        known = sorted(set(MODELS) | set(_REGISTERED) | set(_entry_points()))
+        raise ValueError(
+            f"unknown model {name!r}; choose one of {', '.join(known)}, or name a class as 'package.module:Class'"
+        )
+    return _import_spec(target) if isinstance(target, str) else target
+
+
+def parse_normalize(normalize: Mapping[str, Any] | None) -> dict[str, list[float]] | None:
+    """Validate a ``{"mean": [...], "std": [...]}`` option; ``None`` stays ``None``.
+
+    Raises
+    ------
+    ValueError
+        Not a mapping with exactly ``mean`` and ``std``, lists of different lengths,
+        non-finite values or a non-positive std (the message names
+        ``gametheory_defense.models.Normalize``).
+    """
+    if normalize is None:
+        return None
+    what = "normalize (gametheory_defense.models.Normalize)"
+    if not isinstance(normalize, Mapping) or set(normalize) != {"mean", "std"}:
+        got = sorted(normalize) if isinstance(normalize, Mapping) else type(normalize).__name__
+        raise ValueError(f"{what} must be {{mean = [...], std = [...]}} with one value per channel, got {got}")
+    out: dict[str, list[float]] = {}
+    for key in ("mean", "std"):
+        value = normalize[key]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not value or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+        ):
+            raise ValueError(f"{what}: {key} must be a non-empty list of finite numbers, got {value!r}")
+        out[key] = [float(v) for v in value]
+    if len(out["mean"]) != len(out["std"]):
+        raise ValueError(f"{what}: {len(out['mean'])} means but {len(out['std'])} stds; give one of each per channel")
+    if min(out["std"]) <= 0:
+        raise ValueError(f"{what}: every std must be positive, got {out['std']}")
+    return out
+
+
+def with_normalize(model: nn.Module, *, mean: Sequence[float], std: Sequence[float]) -> nn.Sequential:
+    """``model`` behind a :class:`Normalize` layer, so that it takes inputs in [0, 1].
+
+    Returns ``nn.Sequential(normalize=Normalize(mean, std), model=model)``: the state dict
+    holds ``normalize.mean``, ``normalize.std`` and ``model.*`` (the wrapped model's own
+    tensors, prefixed).
+    """
+    return nn.Sequential(OrderedDict([("normalize", Normalize(mean, std)), ("model", model)]))
+
+
+def check_logits(out: Any, *, batch: int, name: str = "the model") -> torch.Tensor:
+    """``out`` if it is an ``(batch, num_classes)`` floating tensor of logits; else a one-line ValueError."""
+    if isinstance(out, (tuple, list)):
+        shapes = [tuple(o.shape) if isinstance(o, torch.Tensor) else type(o).__name__ for o in out]
+        raise ValueError(
+            f"{name} returned a {type(out).__name__} {shapes}; a defender must return one logits tensor of "
+            "shape (N, num_classes): wrap it in a module whose forward returns only the logits"
+        )
+    if isinstance(out, Mapping):
+        raise ValueError(
+            f"{name} returned a dict with keys {sorted(map(str, out))}; a defender must return one logits "
+            "tensor of shape (N, num_classes): wrap it in a module whose forward returns only the logits"
+        )
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"{name} returned a {type(out).__name__}; a defender must return a logits tensor (N, num_classes)")
+    if out.dim() != 2 or out.shape[0] != batch:
+        raise ValueError(
+            f"{name} returned shape {tuple(out.shape)} for a batch of {batch}; a defender must return 2-D "
+            "logits (N, num_classes) (flatten or squeeze extra dimensions inside the model)"
+        )
+    if not out.is_floating_point():
+        raise ValueError(f"{name} returned {out.dtype} outputs; a defender must return floating-point logits")
+    return out
+
+
+def _first_layer_hint(model: nn.Module, shape: tuple[int, ...]) -> str:
+    """What the first convolution or linear layer expects, as a hint for a shape error."""
+    for qual, module in model.named_modules():
+        if isinstance(module, nn.modules.lazy.LazyModuleMixin):
+            return ""  # its input size is not known before the first call
+        if isinstance(module, nn.modules.conv._ConvNd):
+            if module.in_channels != shape[0]:
+                return f"; its first convolution {qual!r} expects {module.in_channels} input channel(s)"
+            return ""
+        if isinstance(module, nn.Linear):
+            numel = math.prod(shape)
+            if module.in_features != numel:
+                return f"; its first linear layer {qual!r} expects {module.in_features} input features, the inputs have {numel}"
+            return ""
+    return ""
+
+
+def check_classifier(
+    model: nn.Module,
+    x: torch.Tensor | None = None,
+    *,
+    input_shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
+    name: str = "the model",
+) -> int:
+    """Check that ``model`` is a usable defender; return its number of classes.
+
+    One forward pass without gradients on two examples (``x[:2]``, or zeros of
+    ``input_shape``), in ``eval()`` mode with a private generator; the model's modes and
+    every stochastic layer's generator are restored afterwards, so the check changes
+    nothing. Used by the payoff builder, :func:`~gametheory_defense.evaluation.evaluate`
+    and the attacks, so a mistake fails before any work with a message that says what to
+    do, not with a torch error from deep inside an attack.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps ``(N, C, H, W)`` floats in [0, 1] to ``(N, num_classes)`` logits.
+    x : torch.Tensor, optional
+        Example inputs (only the first two are used).
+    input_shape : sequence of int, optional
+        ``(C, H, W)``, when ``x`` is not given (default: ``model.architecture``'s).
+    num_classes : int, optional
+        Expected number of logits.
+    name : str
+        How error messages refer to the model (e.g. ``"defender 'at'"``).
+
+    Returns
+    -------
+    int
+        The number of logits.
+
+    Raises
+    ------
+    ValueError
+        Inputs of another shape than ``model.architecture["input_shape"]`` (naming it), a
+        forward pass that fails (with what the first layer expects), float64 weights,
+        outputs that are a tuple, a dict, not 2-D or of the wrong number of classes.
+    """
+    from gametheory_defense.stochastic import use_generator
+
+    arch = getattr(model, "architecture", None)
+    expected = None
+    if isinstance(arch, Mapping) and isinstance(arch.get("input_shape"), (list, tuple)):
+        expected = tuple(int(d) for d in arch["input_shape"])
+    if x is None:
+        shape = tuple(int(d) for d in (input_shape if input_shape is not None else expected or ()))
+        if len(shape) == 0:
+            raise ValueError(f"check_classifier: give x or input_shape for {name}")
+        x = torch.zeros((2, *shape))
+    shape = tuple(int(d) for d in x.shape[1:])
+    if expected is not None and shape != expected:
+        raise ValueError(
+            f"{name} expects inputs of shape {list(expected)} (model.architecture['input_shape']) but the "
+            f"data has shape {list(shape)}; use the data set it was built for"
+        )
+    tensors = list(model.parameters()) + list(model.buffers())
+    for qual, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and t.dtype != torch.float32 and x.dtype == torch.float32:
+            raise ValueError(
+                f"{name} has {t.dtype} weights ({qual!r}) but inputs are float32 in [0, 1]; convert it with "
+                "model.float() (attacks and payoffs run in float32)"
+            )
+    device = tensors[0].device if tensors else torch.device("cpu")
+    xs = x[:2].detach().to(device)
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad(), use_generator(model, torch.Generator().manual_seed(0)):
+            out = model(xs)
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+        raise ValueError(
+            f"{name} fails on inputs of shape {list(shape)} ({_first_line(exc)}){_first_layer_hint(model, shape)}"
+        ) from None
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    out = check_logits(out, batch=xs.shape[0], name=name)
+    k = int(out.shape[1])
+    if num_classes is not None and k != num_classes:
+        raise ValueError(f"{name} returns {k} logits but {num_classes} classes are expected")
+    if k < 2:
+        raise ValueError(f"{name} returns {k} logit(s); a classifier needs at least 2")
+    return k
 
 
 def relu_names(model: nn.Module) -> list[str]:

@@ -38,6 +38,8 @@ _TITLE_ROOM = 0.55
 _EDGE = 0.15
 # A probability shown next to a bar only when it is at least this large.
 _SHOW_PROB = 5e-4
+# Text properties that draw a string literally (no mathtext, no TeX) whatever the rcParams.
+_PLAIN: dict[str, Any] = {"parse_math": False, "usetex": False}
 
 
 def plot_payoff(
@@ -112,8 +114,9 @@ def plot_payoff(
     image = ax.imshow(
         game.values, cmap=colormap, norm=Normalize(0.0, 1.0), aspect="auto", interpolation="nearest"
     )
-    ax.set_xticks(range(k), labels=list(game.attackers))
-    ax.set_yticks(range(n), labels=list(game.defenders))
+    # Names are text, never mathtext or TeX: "$^$" or "pgd_$eps$" are drawn as written.
+    ax.set_xticks(range(k), labels=list(game.attackers), **_PLAIN)
+    ax.set_yticks(range(n), labels=list(game.defenders), **_PLAIN)
     ax.tick_params(axis="both", labelsize=fonts.tick)
     if fonts.rotate:
         for label in ax.get_xticklabels():
@@ -170,9 +173,13 @@ def plot_payoff(
     cbar.ax.tick_params(labelsize=fonts.small)
     cbar.set_label("defender accuracy", fontsize=fonts.small)
 
+    plain = title is None  # the default title holds a method name: text, never mathtext
     if title is None:
         title = _default_title(equilibrium)
-    top_axes.set_title(title, fontsize=fonts.tick + 1, loc="left" if strategies is not None else "center")
+    top_axes.set_title(
+        title, fontsize=fonts.tick + 1, loc="left" if strategies is not None else "center",
+        **(_PLAIN if plain else {}),
+    )
     return fig
 
 

@@ -21,10 +21,7 @@ defenders that were in the game then.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +29,7 @@ import torch
 
 from gametheory_defense.oracles import BuilderRows, TrainingOracle
 
-__all__ = ["pipeline_defense_oracle", "write_oracle_log", "bound_status"]
+__all__ = ["pipeline_defense_oracle", "oracle_log", "bound_status"]
 
 
 class _OracleColumns(Mapping[str, Callable[[str, torch.nn.Module], np.ndarray]]):
@@ -63,7 +60,7 @@ class _OracleColumns(Mapping[str, Callable[[str, torch.nn.Module], np.ndarray]])
 
 def pipeline_defense_oracle(
     config: Any,
-    out: Path,
+    out: Any,
     defenders: dict[str, torch.nn.Module],
     data: tuple[torch.Tensor, torch.Tensor],
     train_set: Any,
@@ -81,7 +78,7 @@ def pipeline_defense_oracle(
     Parameters
     ----------
     config : RunConfig
-    out : Path
+    out : RunDirectory
         The run directory.
     defenders : dict
         The game's defenders by row name; trained defenders are added to it.
@@ -141,7 +138,7 @@ def pipeline_defense_oracle(
         method=do.defense_oracle, epochs=d.epochs, batch_size=d.batch_size, lr=d.lr, optimizer=d.optimizer,
         weight_decay=d.weight_decay, attack_steps=d.attack_steps, warm_start=d.warm_start,
         sap_fracs=d.sap_fracs, sap_mode=d.sap_mode, boost_weight=d.boost_weight, members=defenders,
-        workdir=out / "double_oracle" / "defenders", seed=cell_seed(config.seed, "psro"), device=device,
+        workdir=out.directory("double_oracle/defenders"), seed=cell_seed(config.seed, "psro"), device=device,
         progress=progress,
     )
 
@@ -164,15 +161,10 @@ def bound_status(*, attack_oracle: bool, defense_oracle: bool) -> dict[str, str]
     }
 
 
-def write_oracle_log(path: Path, oracle: TrainingOracle, result: Any) -> Path:
-    """Write every defense-oracle call (settings, attacker mixture, epochs, whether it was added) as JSON."""
+def oracle_log(oracle: TrainingOracle, result: Any) -> dict[str, Any]:
+    """Every defense-oracle call (settings, attacker mixture, epochs, whether it was added), JSON-able."""
     added = set(result.added_defenders)
-    record = {
+    return {
         "settings": oracle.settings(),
         "calls": [{**dataclasses.asdict(c), "added": c.name in added} for c in oracle.calls],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path

@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from gametheory_defense.provenance import environment, reproduce_command
+from gametheory_defense.stats import game_value_interval
+
 __all__ = ["pct", "write_report", "render_report"]
 
 
@@ -43,13 +46,18 @@ def render_report(
     command: Sequence[str] | None,
 ) -> str:
     """Return the Markdown text of ``report.md``."""
-    from gametheory_defense.pipeline import environment, reproduce_command
-
     values = np.asarray(matrix.values)
     x = np.asarray(equilibrium.defender_strategy)
     row_min = values.min(axis=1)
     best = int(np.argmax(row_min))
     clean = matrix.clean_accuracy
+    value_iv = game_value_interval(matrix, equilibrium)
+    value_ci = (
+        f" (95% CI [{pct(value_iv.low)}, {pct(value_iv.high)}], standard error {100.0 * value_iv.stderr:.2f} points "
+        "from the cells of the binding columns)"
+        if np.isfinite(value_iv.low)
+        else ""
+    )
     lines: list[str] = [f"# gametheory-defense report: {config.name}", ""]
     lines += [
         f"Data set `{config.data.dataset}`, {values.shape[0]} defenders x {values.shape[1]} attackers "
@@ -76,7 +84,7 @@ def render_report(
     lines += _table(["defender", "clean accuracy", "worst-case accuracy (attack)", "equilibrium weight"], rows)
     lines += [
         "",
-        f"- **Game value** (the mixture's guaranteed accuracy against these attackers): **{pct(equilibrium.value)}**; "
+        f"- **Game value** (the mixture's guaranteed accuracy against these attackers): **{pct(equilibrium.value)}**{value_ci}; "
         f"exploitability certificate {equilibrium.exploitability:.2e}.",
         f"- **Best pure defender** (maximin row): `{matrix.defenders[best]}` at {pct(row_min[best])}; "
         f"the mixture's gain over it under this protocol: {100.0 * (equilibrium.value - row_min[best]):+.2f} points.",

@@ -27,21 +27,34 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+import inspect
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
 
+from gametheory_defense.errors import GTDError
 from gametheory_defense.stochastic import StochasticModule, random_tensor
 
 __all__ = [
     "StochasticActivationPruning",
+    "SAPForward",
+    "SAPCoverageError",
     "SAP_MODES",
+    "SAP_ACTIVATIONS",
     "apply_sap",
     "remove_sap",
     "sap_settings",
+    "activation_sites",
     "relu_layer_names",
 ]
+
+log = logging.getLogger(__name__)
 
 #: The sampling modes of :class:`StochasticActivationPruning`.
 SAP_MODES: tuple[str, ...] = ("exact", "fast")
@@ -393,27 +406,492 @@ def _poisson(rates: torch.Tensor, *, generator: torch.Generator | None) -> torch
 
 
 # ----------------------------------------------------------------------------------------
-# Putting SAP into a trained model
+# Putting SAP into a trained model: activation call sites
 # ----------------------------------------------------------------------------------------
 
 
-def relu_layer_names(model: nn.Module) -> list[str]:
-    """Qualified names of the ``nn.ReLU`` modules of ``model``, in registration order.
+class SAPCoverageError(GTDError, ValueError):
+    """SAP cannot be placed at every activation call site asked for (the message names them)."""
 
-    For models whose layers are registered in the order they run (every model of
-    :func:`gametheory_defense.models.build_model`, and any ``nn.Sequential``), this is the
-    forward order used by the integer ``layers`` of :func:`apply_sap`.
-    """
-    return [name for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
+
+@dataclass(frozen=True)
+class _ActivationKind:
+    """One activation family: its module classes, functions and tensor methods."""
+
+    name: str
+    modules: tuple[type[nn.Module], ...]
+    functions: tuple[Callable[..., Any], ...]
+    inplace_functions: tuple[Callable[..., Any], ...]
+    methods: tuple[str, ...]
+    inplace_methods: tuple[str, ...]
+    #: Words whose presence in a module's source suggests it may call this activation.
+    words: tuple[str, ...]
+
+
+_KINDS: dict[str, _ActivationKind] = {
+    k.name: k
+    for k in (
+        _ActivationKind(
+            "relu", (nn.ReLU,), (F.relu, torch.relu), (F.relu_, torch.relu_), ("relu",), ("relu_",), ("relu",)
+        ),
+        _ActivationKind("gelu", (nn.GELU,), (F.gelu,), (), (), (), ("gelu",)),
+        _ActivationKind("silu", (nn.SiLU,), (F.silu,), (), (), (), ("silu", "swish")),
+        _ActivationKind(
+            "leaky_relu", (nn.LeakyReLU,), (F.leaky_relu,), (F.leaky_relu_,), (), (), ("leaky_relu", "leakyrelu")
+        ),
+        _ActivationKind("elu", (nn.ELU,), (F.elu,), (F.elu_,), (), (), ("elu",)),
+    )
+}
+
+#: Activations SAP can follow (the ``activations`` choices of :func:`apply_sap`).
+#: ``"relu"`` is the default and the setting of Dhillon et al. (ICLR 2018).
+SAP_ACTIVATIONS: tuple[str, ...] = tuple(_KINDS)
+
+#: torch.nn classes with submodules whose forward calls activations (traced into).
+_TORCH_COMPOSITES: tuple[type[nn.Module], ...] = (
+    nn.Sequential,
+    nn.Transformer,
+    nn.TransformerEncoder,
+    nn.TransformerDecoder,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+)
+
+#: Name of the ModuleDict holding the SAP modules of a :class:`SAPForward`.
+_SITES_ATTR = "_sap_sites"
+
+
+def _check_activations(activations: str | Sequence[str]) -> tuple[str, ...]:
+    """Validated activation names, in the canonical order of :data:`SAP_ACTIVATIONS`."""
+    items = [activations] if isinstance(activations, str) else activations
+    try:
+        names = list(items)
+    except TypeError:
+        names = [items]  # type: ignore[list-item]
+    bad = [a for a in names if not isinstance(a, str) or a not in _KINDS]
+    if bad or not names:
+        raise ValueError(
+            f"SAP activations must be one of {list(SAP_ACTIVATIONS)} or a list of them, got {activations!r}"
+        )
+    return tuple(k for k in SAP_ACTIVATIONS if k in names)
+
+
+def _module_kind(m: nn.Module) -> str | None:
+    """The activation family of an activation module (or of a SAP wrapper's activation)."""
+    if _is_sap_wrapper(m):
+        m = m[0]  # type: ignore[index]
+    for kind in _KINDS.values():
+        if isinstance(m, kind.modules):
+            return kind.name
+    return None
+
+
+def _activation_of(m: nn.Module) -> nn.Module:
+    """The activation module itself (unwrapping a SAP wrapper)."""
+    return m[0] if _is_sap_wrapper(m) else m  # type: ignore[index]
+
+
+def _node_kind(node: fx.Node) -> tuple[str, bool] | None:
+    """``(family, in_place)`` of a functional or method activation call, else ``None``."""
+    for kind in _KINDS.values():
+        if node.op == "call_function":
+            if node.target in kind.functions:
+                return kind.name, bool(node.kwargs.get("inplace", False))
+            if node.target in kind.inplace_functions:
+                return kind.name, True
+        elif node.op == "call_method":
+            if node.target in kind.methods:
+                return kind.name, False
+            if node.target in kind.inplace_methods:
+                return kind.name, True
+    return None
 
 
 def _is_sap_wrapper(m: nn.Module) -> bool:
+    """The ``nn.Sequential(activation, SAP)`` layout that :func:`apply_sap` creates."""
     return (
         type(m) is nn.Sequential
         and len(m) == 2
-        and isinstance(m[0], nn.ReLU)
         and isinstance(m[1], StochasticActivationPruning)
+        and any(isinstance(m[0], kind.modules) for kind in _KINDS.values())
     )
+
+
+def _traced_into(m: nn.Module) -> bool:
+    """Whether discovery traces ``m``'s own forward (else it is an opaque leaf)."""
+    if _module_kind(m) is not None or isinstance(m, StochasticModule):
+        return False
+    if isinstance(m, SAPForward):
+        return True
+    if type(m).__module__.startswith(("torch.nn", "torch.ao.nn")):
+        return isinstance(m, _TORCH_COMPOSITES)
+    return True
+
+
+class _OwnerTracer(fx.Tracer):
+    """Traces one module's own forward; every submodule call is a ``call_module`` node."""
+
+    def __init__(self, owner: nn.Module) -> None:
+        # No autowrapping of ``math`` functions: patching them costs more than tracing a
+        # block, and a forward applying them to traced values is reported as untraceable.
+        super().__init__(autowrap_modules=())
+        self._owner = owner
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return m is not self._owner
+
+
+def _trace_owner(owner: nn.Module) -> tuple[fx.Graph, nn.Module]:
+    """The fx graph of ``owner``'s own forward (submodules are not traced into), and its root.
+
+    The root is a shallow copy of ``owner`` (for a :class:`SAPForward`, of its original),
+    so attributes that tracing adds (tensor constants) do not land on the model.
+    """
+    root = owner._shadow() if isinstance(owner, SAPForward) else copy.copy(owner)
+    return _OwnerTracer(root).trace(root), root
+
+
+@dataclass(frozen=True)
+class _Site:
+    """One activation call site found by :func:`_discover`."""
+
+    name: str
+    kind: str
+    owner: nn.Module
+    node: str
+    module: nn.Module | None  # the activation module for module calls
+    inplace: bool
+    input_used_later: bool  # an in-place site whose input is read again afterwards
+
+
+@dataclass
+class _Discovery:
+    """Every activation call site of a model, in forward order, and what could not be traced."""
+
+    sites: list[_Site]
+    names: dict[int, str]  # id(module) -> qualified name
+    graphs: dict[int, fx.Graph]  # id(owner) -> its graph
+    node_sites: dict[int, dict[str, _Site]]  # id(owner) -> node name -> site
+    opaque: list[tuple[str, nn.Module, str]]  # (name, module, reason)
+    module_calls: dict[int, int]  # id(activation module) -> number of call sites
+    owners: dict[int, nn.Module]  # id(owner) -> owner, for every traced owner
+    modules: dict[str, nn.Module]  # qualified name -> module
+
+    def relevant_opaque(self, kinds: tuple[str, ...]) -> list[tuple[str, nn.Module, str]]:
+        return [o for o in self.opaque if _may_call(o[1], kinds)]
+
+
+def _discover(model: nn.Module) -> _Discovery:
+    """Trace ``model`` module by module with ``torch.fx`` and list its activation call sites.
+
+    Each module whose forward is traced (an *owner*) is traced on its own, its submodules
+    appearing as calls; owners reached by those calls are traced in turn, in call order,
+    so the sites come out in forward order. A module that is called but whose forward
+    cannot be traced (data-dependent control flow, ...) is recorded as opaque.
+    """
+    names: dict[int, str] = {}
+    for name, m in model.named_modules():
+        names.setdefault(id(m), name)
+    found = _Discovery([], names, {}, {}, [], {}, {}, dict(model.named_modules()))
+    module_nodes: list[tuple[nn.Module, nn.Module, str, str, bool, bool]] = []
+    pending: list[tuple[str, nn.Module, str, bool, bool]] = []  # functional sites, in order
+    order: list[tuple[str, int]] = []  # ("m", index into module_nodes) or ("f", index into pending)
+    seen: set[int] = set()
+
+    def visit(owner: nn.Module) -> None:
+        if id(owner) in seen:
+            return
+        seen.add(id(owner))
+        try:
+            graph, _ = _trace_owner(owner)
+        except Exception as exc:  # noqa: BLE001 - any tracing failure makes the module opaque
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            found.opaque.append((names.get(id(owner), "?"), owner, f"{type(exc).__name__}: {reason}"))
+            return
+        found.graphs[id(owner)] = graph
+        found.owners[id(owner)] = owner
+        found.node_sites[id(owner)] = {}
+        nodes = list(graph.nodes)
+        position = {n: i for i, n in enumerate(nodes)}
+        functional_count: dict[str, int] = {}
+        for node in nodes:
+            if node.op == "call_module":
+                sub = owner.get_submodule(str(node.target))
+                kind = _module_kind(sub)
+                if kind is not None:
+                    inplace = bool(getattr(_activation_of(sub), "inplace", False))
+                    later = inplace and _input_used_after(node, position)
+                    order.append(("m", len(module_nodes)))
+                    module_nodes.append((sub, owner, node.name, kind, inplace, later))
+                elif _traced_into(sub):
+                    visit(sub)
+            else:
+                hit = _node_kind(node)
+                if hit is not None:
+                    kind, inplace = hit
+                    k = functional_count.get(kind, 0)
+                    functional_count[kind] = k + 1
+                    owner_name = names.get(id(owner), "?")
+                    later = inplace and _input_used_after(node, position)
+                    order.append(("f", len(pending)))
+                    pending.append((f"{owner_name}:{kind}#{k}", owner, node.name, kind, inplace, later))  # type: ignore[arg-type]
+
+    if _module_kind(model) is not None:  # the model itself is an activation module
+        found.sites.append(_Site("", _module_kind(model) or "", model, "", model, False, False))
+        found.module_calls[id(model)] = 1
+        return found
+    if _traced_into(model):
+        visit(model)
+    for sub, *_ in module_nodes:
+        found.module_calls[id(sub)] = found.module_calls.get(id(sub), 0) + 1
+    calls_so_far: dict[int, int] = {}
+    for what, i in order:
+        if what == "m":
+            sub, owner, node_name, kind, inplace, later = module_nodes[i]
+            base = names[id(sub)]
+            k = calls_so_far.get(id(sub), 0)
+            calls_so_far[id(sub)] = k + 1
+            name = base if found.module_calls[id(sub)] == 1 else f"{base}#{k}"
+            site = _Site(name, kind, owner, node_name, sub, inplace, later)
+        else:
+            name, owner, node_name, kind, inplace, later = pending[i]  # type: ignore[misc]
+            site = _Site(name, kind, owner, node_name, None, inplace, later)
+        found.sites.append(site)
+        found.node_sites[id(site.owner)][site.node] = site
+    return found
+
+
+def _input_used_after(node: fx.Node, position: dict[fx.Node, int]) -> bool:
+    """Whether an in-place call's input is read by a node after the call."""
+    if not node.args or not isinstance(node.args[0], fx.Node):
+        return False
+    return any(position.get(u, -1) > position[node] for u in node.args[0].users if u is not node)
+
+
+def _may_call(m: nn.Module, kinds: tuple[str, ...]) -> bool:
+    """Whether an untraceable module may make an activation call of one of ``kinds``.
+
+    True when it holds an activation module of those kinds, holds an activation
+    function as an attribute, or its class source mentions the activation (or cannot
+    be read). Only the absence of all three clears it.
+    """
+    chosen = [_KINDS[k] for k in kinds]
+    if any(_module_kind(s) in kinds for s in m.modules()):
+        return True
+    funcs = {f for k in chosen for f in (*k.functions, *k.inplace_functions)}
+    if any(callable(v) and v in funcs for v in vars(m).values() if not isinstance(v, torch.Tensor)):
+        return True
+    words = [w for k in chosen for w in k.words]
+    pattern = re.compile("|".join(re.escape(w) for w in words), re.IGNORECASE)
+    for cls in type(m).__mro__:
+        if cls in (nn.Module, object) or cls.__module__.startswith("torch.nn.modules.module"):
+            continue
+        try:
+            source = inspect.getsource(cls)
+        except (OSError, TypeError):
+            return True
+        if pattern.search(source):
+            return True
+    return False
+
+
+def _describe_opaque(opaque: list[tuple[str, nn.Module, str]]) -> str:
+    """``'blocks.0' (Block; TraceError: ...), ...``: the untraceable modules and why."""
+    return ", ".join(f"{name or '<model>'!r} ({type(m).__qualname__}; {reason})" for name, m, reason in opaque)
+
+
+def activation_sites(model: nn.Module, activations: str | Sequence[str] = "relu") -> list[str]:
+    """Names of the activation call sites of ``model`` that SAP can follow, in forward order.
+
+    Sites are found by tracing each module's forward with ``torch.fx``:
+
+    * an activation module called once is named by its qualified name (``"features.1"``);
+      one called at several places gets one site per call, ``"name#0"``, ``"name#1"``, ...;
+      a module that is declared but never called has no site;
+    * a functional call (``F.relu``, ``torch.relu``, ``x.relu()``, their in-place forms,
+      ``F.gelu``, ...) is named ``"owner:relu#k"``: the qualified name of the module whose
+      forward makes it (empty for the model itself) and its rank among that forward's
+      calls of the same activation.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any model.
+    activations : str or sequence of str, default "relu"
+        Activation families, from :data:`SAP_ACTIVATIONS`.
+
+    Returns
+    -------
+    list of str
+        Site names, which :func:`apply_sap` accepts in ``layers`` (integer ``layers`` index
+        this list).
+
+    Raises
+    ------
+    SAPCoverageError
+        A module that may call one of these activations cannot be traced; the message
+        names it and why.
+    """
+    kinds = _check_activations(activations)
+    found = _discover(model)
+    opaque = found.relevant_opaque(kinds)
+    if opaque:
+        raise SAPCoverageError(
+            f"cannot list every {'/'.join(kinds)} call site: torch.fx cannot trace the forward of "
+            f"{_describe_opaque(opaque)}"
+        )
+    return [s.name for s in found.sites if s.kind in kinds]
+
+
+def relu_layer_names(model: nn.Module) -> list[str]:
+    """Names of the ReLU call sites of ``model``, in forward order (see :func:`activation_sites`).
+
+    For the built-in models (every activation its own ``nn.ReLU``, called once) these are
+    the qualified names of the ``nn.ReLU`` modules, in registration order.
+    """
+    return activation_sites(model, "relu")
+
+
+# ----------------------------------------------------------------------------------------
+# SAPForward: a module whose forward is its original's with SAP at chosen call sites
+# ----------------------------------------------------------------------------------------
+
+_MODULE_INTERNALS = frozenset(vars(nn.Module())) | {"_sap_base", "_sap_fn"}
+
+
+class SAPForward(nn.Module):
+    """A module run as its original forward, with SAP after chosen activation call sites.
+
+    :func:`apply_sap` puts one in place of a module whose forward makes an activation call
+    that cannot be wrapped as a module: a functional ``F.relu``/``torch.relu`` call, or a
+    call of an activation module that is called more than once (each call site gets its
+    own :class:`StochasticActivationPruning`). The original forward is traced with
+    ``torch.fx`` and a SAP call inserted after each chosen call; an in-place activation
+    whose input is read again is followed by SAP for those reads too.
+
+    The module has the original's submodules, parameters and buffers (the same objects, so
+    the ``state_dict`` keys are unchanged) and its plain attributes; other attributes and
+    methods are looked up on the original class. The SAP modules live in the ModuleDict
+    ``_sap_sites`` keyed by the fx node name of their call site. The generated forward is
+    rebuilt after copying or unpickling, from the original forward.
+
+    Parameters
+    ----------
+    base : nn.Module
+        The original module (kept, for :func:`remove_sap`).
+    saps : mapping of str to StochasticActivationPruning
+        fx node name of a call site in ``base``'s traced forward -> its SAP module.
+    """
+
+    def __init__(self, base: nn.Module, saps: dict[str, StochasticActivationPruning]) -> None:
+        super().__init__()
+        if _SITES_ATTR in base._modules:
+            raise ValueError(f"{type(base).__qualname__} already has a submodule named {_SITES_ATTR!r}")
+        self.__dict__["_sap_base"] = base
+        for key, value in vars(base).items():
+            if key not in _MODULE_INTERNALS:
+                self.__dict__[key] = value
+        self.__dict__["_parameters"] = base._parameters
+        self.__dict__["_buffers"] = base._buffers
+        self.__dict__["_non_persistent_buffers_set"] = base._non_persistent_buffers_set
+        self._modules.update(base._modules)
+        sites = nn.ModuleDict(saps)
+        for m in sites.modules():
+            m.training = base.training
+        self.add_module(_SITES_ATTR, sites)
+        self.training = base.training
+        self._compile()
+
+    def extra_repr(self) -> str:
+        base = type(self._sap_base)
+        return f"base={base.__module__}.{base.__qualname__}, sites={list(self._modules[_SITES_ATTR].keys())}"
+
+    def _shadow(self) -> nn.Module:
+        """A shallow copy of the original with this module's current state: traced for the forward."""
+        shadow = copy.copy(self._sap_base)
+        shadow.__dict__["_modules"] = {k: v for k, v in self._modules.items() if k != _SITES_ATTR}
+        shadow.__dict__["_parameters"] = self._parameters
+        shadow.__dict__["_buffers"] = self._buffers
+        shadow.__dict__["training"] = self.training
+        for key, value in vars(self).items():
+            if key not in _MODULE_INTERNALS:
+                shadow.__dict__[key] = value
+        return shadow
+
+    def _restored(self) -> nn.Module:
+        """The original module with this module's current submodules, tensors and mode."""
+        return self._shadow()
+
+    def _compile(self) -> Callable[..., Any]:
+        graph, root = _trace_owner(self)
+        for key, value in vars(root).items():  # tensor constants made by tracing
+            if key.startswith("_tensor_constant") and key not in self.__dict__:
+                self.__dict__[key] = value
+        nodes = list(graph.nodes)
+        by_name = {n.name: n for n in nodes}
+        keys = list(self._modules[_SITES_ATTR].keys())
+        for key in keys:
+            node = by_name.get(key)
+            if node is None:
+                raise RuntimeError(
+                    f"SAP call site {key!r} is no longer in the forward of {type(self._sap_base).__qualname__}"
+                )
+            if node.op == "call_module":
+                inplace = bool(getattr(_activation_of(self.get_submodule(str(node.target))), "inplace", False))
+            else:
+                hit = _node_kind(node)
+                inplace = hit is not None and hit[1]
+            _insert_sap(graph, node, f"{_SITES_ATTR}.{key}", inplace=inplace)
+        graph.lint()
+        code = graph.python_code(root_module="self")
+        namespace = dict(code.globals)
+        exec(compile(code.src, f"<SAP forward of {type(self._sap_base).__qualname__}>", "exec"), namespace)  # noqa: S102
+        fn = namespace["forward"]
+        self.__dict__["_sap_fn"] = fn
+        return fn
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        fn = self.__dict__.get("_sap_fn") or self._compile()
+        return fn(self, *args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_sap_fn", None)  # generated code: rebuilt on first use
+        return state
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            base = self.__dict__.get("_sap_base")
+            if base is None or name.startswith("__"):
+                raise
+            attr = getattr(type(base), name, None)
+            if attr is None:
+                raise
+            return attr.__get__(self, type(self)) if hasattr(attr, "__get__") else attr
+
+
+def _insert_sap(graph: fx.Graph, node: fx.Node, target: str, *, inplace: bool) -> None:
+    """Insert ``target(node)`` after ``node`` and route every later read of its value through it.
+
+    For an in-place activation the later reads of its *input* (the same tensor) are
+    routed through SAP as well.
+    """
+    with graph.inserting_after(node):
+        sap_node = graph.call_module(target, (node,))
+    node.replace_all_uses_with(sap_node, delete_user_cb=lambda user: user is not sap_node)
+    if inplace and node.args and isinstance(node.args[0], fx.Node):
+        position = {n: i for i, n in enumerate(graph.nodes)}
+        source = node.args[0]
+        for user in list(source.users):
+            if user is not node and user is not sap_node and position[user] > position[sap_node]:
+                user.replace_input_with(source, sap_node)
+
+
+# ----------------------------------------------------------------------------------------
+# apply_sap / sap_settings / remove_sap
+# ----------------------------------------------------------------------------------------
 
 
 def _shared_generators_memo(model: nn.Module) -> dict[int, object]:
@@ -434,39 +912,85 @@ def _copy_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, _shared_generators_memo(model))
 
 
-def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
+def _replace_everywhere(root: nn.Module, old: nn.Module, new: nn.Module) -> nn.Module:
+    """Put ``new`` wherever ``old`` is registered in ``root``; returns the (new) root."""
+    if root is old:
+        return new
+    for m in list(root.modules()):  # listed first: ``new`` may hold ``old`` (a wrapper)
+        for key, child in m._modules.items():
+            if child is old:
+                m._modules[key] = new
+    return root
 
 
-def _select_layers(available: list[str], layers: Sequence[str | int] | None) -> list[str]:
+def _select(found: _Discovery, kinds: tuple[str, ...], layers: Sequence[str | int] | None) -> tuple[list[_Site], list[str]]:
+    """The chosen sites in forward order, plus activation modules to wrap whose calls are unseen."""
+    available = [s for s in found.sites if s.kind in kinds]
+    wanted = " or ".join(f"nn.{_KINDS[k].modules[0].__name__}" for k in kinds)
     if layers is None:
-        return list(available)
+        opaque = found.relevant_opaque(kinds)
+        if opaque:
+            raise SAPCoverageError(
+                f"cannot put SAP after every {'/'.join(kinds)} call: torch.fx cannot trace the forward of "
+                f"{_describe_opaque(opaque)}, so the call sites in it are unknown; pass layers=[...] naming "
+                "the activation modules or call sites to prune, or make that forward traceable"
+            )
+        if not available:
+            raise ValueError(
+                f"model has no {wanted} module or functional {'/'.join(kinds)} call to put SAP after "
+                f"(activations={list(kinds)}; choices: {list(SAP_ACTIVATIONS)})"
+            )
+        return available, []
     if isinstance(layers, (str, int)):
-        raise ValueError(
-            f"layers must be a list of ReLU names or indices (e.g. [{layers!r}]), got {layers!r}"
-        )
-    chosen: list[str] = []
+        raise ValueError(f"layers must be a list of call site names or indices (e.g. [{layers!r}]), got {layers!r}")
+    names = [s.name for s in available]
+    by_name = {s.name: s for s in available}
+    groups: dict[str, list[_Site]] = {}  # a reused module's name selects all its calls
+    for s in available:
+        if s.module is not None and found.module_calls.get(id(s.module), 0) > 1:
+            groups.setdefault(found.names[id(s.module)], []).append(s)
+    other_kinds = {s.name: s.kind for s in found.sites if s.kind not in kinds}
+    modules = found.modules
+    chosen: list[_Site] = []
+    blind: list[str] = []
     for item in layers:
         if isinstance(item, bool) or not isinstance(item, (str, int)):
-            raise ValueError(f"layers entries must be ReLU names or integer indices, got {item!r}")
+            raise ValueError(f"layers entries must be call site names or integer indices, got {item!r}")
         if isinstance(item, int):
             if not -len(available) <= item < len(available):
                 raise ValueError(
-                    f"ReLU index {item} out of range: the model has {len(available)} ReLUs "
-                    f"(indices 0..{len(available) - 1}): {available}"
+                    f"call site index {item} out of range: the model has {len(available)} "
+                    f"{'/'.join(kinds)} call sites (indices 0..{len(available) - 1}): {names}"
                 )
-            name = available[item]
+            picked = [available[item]]
+        elif item in by_name:
+            picked = [by_name[item]]
+        elif item in groups:
+            picked = groups[item]
+        elif item in other_kinds or (item in modules and _module_kind(modules[item]) not in (None, *kinds)):
+            kind = other_kinds.get(item) or _module_kind(modules[item])
+            raise ValueError(
+                f"{item!r} is a {kind} call site; add {kind!r} to activations (now {list(kinds)}) to prune it"
+            )
+        elif item in modules and _module_kind(modules[item]) in kinds:
+            if found.relevant_opaque(kinds):  # called where tracing cannot see: wrap the module
+                if item not in blind:
+                    blind.append(item)
+                continue
+            raise ValueError(
+                f"{type(modules[item]).__name__} {item!r} is declared but never called in the forward pass; "
+                f"{'/'.join(kinds)} call sites: {names}"
+            )
         else:
-            if item not in available:
-                raise ValueError(f"no nn.ReLU named {item!r} in the model; available ReLUs: {available}")
-            name = item
-        if name not in chosen:
-            chosen.append(name)
-    if not chosen:
-        raise ValueError("layers is empty; pass layers=None to put SAP after every ReLU")
-    return [name for name in available if name in chosen]  # forward order
+            unseen = found.relevant_opaque(kinds)
+            hint = f" (torch.fx cannot trace the forward of {_describe_opaque(unseen)})" if unseen else ""
+            raise ValueError(
+                f"no {'/'.join(kinds)} call site named {item!r} in the model; available call sites: {names}{hint}"
+            )
+        chosen.extend(s for s in picked if s not in chosen)
+    if not chosen and not blind:
+        raise ValueError("layers is empty; pass layers=None to put SAP after every activation call site")
+    return [s for s in available if s in chosen], blind
 
 
 def apply_sap(
@@ -475,82 +999,114 @@ def apply_sap(
     *,
     mode: str = "exact",
     layers: Sequence[str | int] | None = None,
+    activations: str | Sequence[str] = "relu",
 ) -> nn.Module:
     """Add Stochastic Activation Pruning (Dhillon et al., ICLR 2018) to a trained model.
 
-    Returns a deep copy of ``model`` in which each chosen ``nn.ReLU`` is replaced by
-    ``nn.Sequential(relu, StochasticActivationPruning(frac, mode=mode))``. SAP has no
-    parameters or buffers, so the copy's ``state_dict`` keys equal the original's and base
-    weights load into it unchanged. The original model is not modified; attributes such
-    as ``architecture`` are copied, and generators already attached to stochastic
-    submodules are shared with the copy, not cloned.
+    Returns a deep copy of ``model`` with SAP after every chosen activation call site
+    (see :func:`activation_sites`; the sites are found by tracing with ``torch.fx``):
+
+    * an activation module called once is replaced by
+      ``nn.Sequential(activation, StochasticActivationPruning(frac, mode=mode))`` (the
+      layout of every built-in model);
+    * a module whose forward makes a functional call (``F.relu``, ``torch.relu``,
+      ``x.relu()``, ...) or calls one activation module at several places is replaced by
+      a :class:`SAPForward` that runs its forward with one SAP module per call site.
+
+    Either way SAP has no parameters or buffers, so the copy's ``state_dict`` keys equal
+    the original's and base weights load into it unchanged. The original model is not
+    modified; attributes such as ``architecture`` are copied, and generators already
+    attached to stochastic submodules are shared with the copy, not cloned. SAP is never
+    applied partially: when a site asked for cannot be covered the call raises.
 
     Parameters
     ----------
     model : nn.Module
-        A trained model whose activations are ``nn.ReLU`` modules (functional
-        ``F.relu`` calls cannot be found).
+        A trained model.
     frac : float
         Draws per layer as a fraction of its units (see :class:`StochasticActivationPruning`).
     mode : {"exact", "fast"}, default "exact"
         Sampling mode.
     layers : sequence of str or int, optional
-        ReLUs to follow with SAP: qualified module names, or indices into
-        :func:`relu_layer_names` (negative indices count from the end). ``None``: all.
+        Call sites to follow with SAP: names from :func:`activation_sites` (the name of an
+        activation module called at several places selects all its calls), or indices
+        into that list (negative ones count from the end). ``None``: every call site of
+        the chosen activations.
+    activations : str or sequence of str, default "relu"
+        Activation families SAP follows, from :data:`SAP_ACTIVATIONS` (``"relu"``,
+        ``"gelu"``, ``"silu"``, ``"leaky_relu"``, ``"elu"``); ReLU is the paper's setting.
 
     Returns
     -------
     nn.Module
-        The SAP model (same train/eval mode as ``model``).
+        The SAP model (same train/eval modes as ``model``).
 
     Raises
     ------
+    SAPCoverageError
+        ``layers=None`` and a module that may make one of these activation calls cannot
+        be traced (data-dependent control flow, ...): the message names it.
     ValueError
-        Bad ``frac`` or ``mode``; the model has no ``nn.ReLU``; an unknown layer name or
-        index (the message lists the available ones); the model already contains SAP
-        (call :func:`remove_sap` first).
+        Bad ``frac``, ``mode`` or ``activations``; no call site of those activations; an
+        unknown site name or index, or an activation module that is never called (the
+        message lists the available sites); the model already contains SAP (call
+        :func:`remove_sap` first).
     """
     template = StochasticActivationPruning(frac, mode=mode)  # validates frac and mode
+    kinds = _check_activations(activations)
     if any(isinstance(m, StochasticActivationPruning) for m in model.modules()):
         raise ValueError("model already contains SAP layers; call remove_sap(model) first to change them")
-    available = relu_layer_names(model)
-    if not available:
-        raise ValueError(
-            "model has no nn.ReLU module to put SAP after; build activations as nn.ReLU "
-            "modules (not F.relu), e.g. with gametheory_defense.models.build_model"
-        )
-    chosen = _select_layers(available, layers)
     out = _copy_model(model)
-    for name in chosen:
-        relu = out.get_submodule(name) if name else out
+    found = _discover(out)
+    chosen, blind = _select(found, kinds, layers)
+
+    def new_sap(training: bool) -> StochasticActivationPruning:
         sap = StochasticActivationPruning(template.frac, mode=template.mode)
-        sap.train(relu.training)
-        wrapper = nn.Sequential(relu, sap)
-        wrapper.train(relu.training)
-        if not name:  # the model itself is a ReLU
-            return wrapper
-        _replace(out, name, wrapper)
+        sap.train(training)
+        return sap
+
+    def wrap(act: nn.Module) -> nn.Sequential:
+        wrapper = nn.Sequential(act, new_sap(act.training))
+        wrapper.train(act.training)
+        return wrapper
+
+    rewrite: dict[int, list[_Site]] = {}
+    for site in chosen:
+        if site.module is not None and found.module_calls[id(site.module)] == 1 and not site.input_used_later:
+            out = _replace_everywhere(out, site.module, wrap(site.module))
+        else:
+            rewrite.setdefault(id(site.owner), []).append(site)
+    for name in blind:
+        log.info("SAP: %r is called only inside untraceable modules; wrapping the module (all its calls)", name)
+        act = out.get_submodule(name)
+        out = _replace_everywhere(out, act, wrap(act))
+    depth = {id(s.owner): found.names.get(id(s.owner), "").count(".") + bool(found.names.get(id(s.owner))) for s in chosen}
+    for owner_id in sorted(rewrite, key=lambda i: -depth[i]):
+        owner = rewrite[owner_id][0].owner
+        saps = {s.node: new_sap(owner.training) for s in rewrite[owner_id]}
+        out = _replace_everywhere(out, owner, SAPForward(owner, saps))
     return out
 
 
-def _sap_wrappers(model: nn.Module) -> list[tuple[str, nn.Sequential]]:
-    wrappers = [(name, m) for name, m in model.named_modules() if _is_sap_wrapper(m)]
-    inside = {id(m[1]) for _, m in wrappers}
-    stray = [
-        name
-        for name, m in model.named_modules()
-        if isinstance(m, StochasticActivationPruning) and id(m) not in inside
-    ]
-    if stray:
-        raise ValueError(
-            f"SAP modules {stray} are not in the nn.Sequential(ReLU, SAP) layout that "
-            "apply_sap creates; rebuild the model with apply_sap"
-        )
-    return wrappers
+def _sap_modules(model: nn.Module) -> list[tuple[str, StochasticActivationPruning]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, StochasticActivationPruning)]
+
+
+def _settings(frac: float, mode: str, layers: list[str], kinds: set[str]) -> dict[str, object]:
+    out: dict[str, object] = {"frac": frac, "mode": mode, "layers": layers}
+    if kinds - {"relu"}:
+        ordered = [k for k in SAP_ACTIVATIONS if k in kinds]
+        out["activations"] = ordered[0] if len(ordered) == 1 else ordered
+    return out
 
 
 def sap_settings(model: nn.Module) -> dict[str, object] | None:
-    """The SAP settings of a model made by :func:`apply_sap`, for saving it.
+    """The SAP settings of a model, for saving it and rebuilding it with :func:`apply_sap`.
+
+    Works for models made by :func:`apply_sap` and for models where
+    :class:`StochasticActivationPruning` modules were inserted by hand, as long as each
+    one is called right after an activation call site (``nn.Sequential(..., nn.ReLU(),
+    StochasticActivationPruning(0.5), ...)``, ``self.sap(F.relu(x))``, ...).
 
     Parameters
     ----------
@@ -560,37 +1116,88 @@ def sap_settings(model: nn.Module) -> dict[str, object] | None:
     Returns
     -------
     dict or None
-        ``{"frac": float, "mode": str, "layers": [names]}`` where ``layers`` are the
-        names of the wrapped ReLUs in the base model (pass them back to
-        :func:`apply_sap`), or ``None`` when the model has no SAP.
+        ``{"frac": float, "mode": str, "layers": [site names]}`` plus
+        ``"activations"`` when SAP follows activations other than ReLU, such that
+        ``apply_sap(remove_sap(model), **settings)`` puts SAP at the same call sites; or
+        ``None`` when the model has no SAP. For models made by :func:`apply_sap` with
+        activation modules only, ``layers`` are their names in module order, as in
+        earlier versions.
 
     Raises
     ------
     ValueError
-        The SAP layers disagree in ``frac`` or ``mode``, or a SAP module is not in the
-        layout :func:`apply_sap` creates.
+        The SAP modules disagree in ``frac`` or ``mode``; a hand-inserted SAP module does
+        not follow an activation call, or sits in a forward that cannot be traced.
     """
-    wrappers = _sap_wrappers(model)
-    if not wrappers:
+    saps = _sap_modules(model)
+    if not saps:
         return None
-    configs = {(m[1].frac, m[1].mode) for _, m in wrappers}
+    configs = {(m.frac, m.mode) for _, m in saps}
     if len(configs) > 1:
-        detail = ", ".join(f"{name}: frac={m[1].frac}, mode={m[1].mode}" for name, m in wrappers)
+        detail = ", ".join(f"{name}: frac={m.frac}, mode={m.mode}" for name, m in saps)
         raise ValueError(f"SAP layers disagree in frac/mode ({detail}); one setting per model is supported")
-    (frac, mode), = configs
-    return {"frac": frac, "mode": mode, "layers": [name for name, _ in wrappers]}
+    ((frac, mode),) = configs
+    wrappers = [(name, m) for name, m in model.named_modules() if _is_sap_wrapper(m)]
+    if len(wrappers) == len(saps):  # the layout of apply_sap on activation modules: no tracing needed
+        return _settings(frac, mode, [name for name, _ in wrappers], {_module_kind(m) or "relu" for _, m in wrappers})
+    found = _discover(model)
+    site_of: dict[int, list[_Site]] = {}
+    for site in found.sites:
+        if site.module is not None and _is_sap_wrapper(site.module):
+            site_of.setdefault(id(site.module[1]), []).append(site)  # type: ignore[index]
+    bad: list[str] = []
+    for owner_id, owner in found.owners.items():
+        node_sites = found.node_sites[owner_id]
+        if isinstance(owner, SAPForward):
+            for key, sap in owner._modules[_SITES_ATTR].items():  # type: ignore[union-attr]
+                if key in node_sites:
+                    site_of.setdefault(id(sap), []).append(node_sites[key])
+        for node in found.graphs[owner_id].nodes:
+            if node.op != "call_module":
+                continue
+            sub = owner.get_submodule(str(node.target))
+            if not isinstance(sub, StochasticActivationPruning):
+                continue
+            arg = node.args[0] if node.args else None
+            site = node_sites.get(arg.name) if isinstance(arg, fx.Node) else None
+            if site is None:
+                what = f"{arg.op} {arg.target!r}" if isinstance(arg, fx.Node) else repr(arg)
+                bad.append(f"{found.names.get(id(sub), '?')!r} follows {what}")
+            else:
+                site_of.setdefault(id(sub), []).append(site)
+    if bad:
+        raise ValueError(
+            "SAP modules must be called right after an activation call for sap_settings to describe "
+            f"their layout: {'; '.join(bad)}"
+        )
+    unseen = [name for name, m in saps if id(m) not in site_of]
+    if unseen and found.opaque:
+        raise ValueError(
+            f"cannot locate SAP modules {unseen}: they are called inside forwards that cannot be traced "
+            f"with torch.fx ({_describe_opaque(found.opaque)})"
+        )
+    rank = {s.name: i for i, s in enumerate(found.sites)}
+    sites = {s.name: s for group in site_of.values() for s in group}
+    layers = sorted(sites, key=rank.__getitem__)
+    return _settings(frac, mode, layers, {s.kind for s in sites.values()})
 
 
 def remove_sap(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` with every SAP wrapper replaced by its ReLU.
+    """A deep copy of ``model`` without SAP: the inverse of :func:`apply_sap`.
 
-    The inverse of :func:`apply_sap`: ``remove_sap(apply_sap(m, f))`` has the modules and
-    ``state_dict`` of ``m``. A model without SAP is returned as a plain copy.
+    ``remove_sap(apply_sap(m, f))`` has the modules and ``state_dict`` of ``m``: SAP
+    wrappers become their activation module again and each :class:`SAPForward` its
+    original module. A hand-inserted :class:`StochasticActivationPruning` is replaced by
+    ``nn.Identity`` (its expectation; indices in ``nn.Sequential`` are kept). A model
+    without SAP is returned as a plain copy.
     """
-    wrappers = _sap_wrappers(model)
     out = _copy_model(model)
-    for name, _ in wrappers:
-        if not name:
-            return out[0]
-        _replace(out, name, out.get_submodule(name)[0])
+    for _, m in reversed(list(out.named_modules())):
+        if isinstance(m, SAPForward):
+            out = _replace_everywhere(out, m, m._restored())
+    for _, m in list(out.named_modules()):
+        if _is_sap_wrapper(m):
+            out = _replace_everywhere(out, m, m[0])  # type: ignore[index]
+    for _, m in _sap_modules(out):
+        out = _replace_everywhere(out, m, nn.Identity())
     return out

@@ -59,7 +59,18 @@ if TYPE_CHECKING:
 
     DataLike = ArrayDataset | tuple[torch.Tensor, torch.Tensor]
 
-__all__ = ["METHODS", "OPTIMIZERS", "EpochStats", "TrainResult", "train", "accuracy", "default_eval_attack"]
+__all__ = [
+    "METHODS",
+    "OPTIMIZERS",
+    "TRAIN_SETTINGS",
+    "DEFAULT_EPOCHS",
+    "train_defaults",
+    "EpochStats",
+    "TrainResult",
+    "train",
+    "accuracy",
+    "default_eval_attack",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +78,22 @@ METHODS = ("standard", "pgd-at")
 OPTIMIZERS = ("adam", "sgd")
 SGD_MOMENTUM = 0.9
 DEFAULT_EVAL_STEPS = 20
+#: Epochs when a caller does not choose (``gtdefense train``, a run configuration's ``[[models]]``).
+DEFAULT_EPOCHS = 10
+#: Keyword arguments of :func:`train` that change the trained weights: the training recipe
+#: of a pipeline model (``[[models]]`` keys of the same names) and of ``gtdefense train``.
+TRAIN_SETTINGS: tuple[str, ...] = (
+    "method",
+    "epochs",
+    "eps",
+    "attack_steps",
+    "step_size",
+    "eps_warmup_epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "weight_decay",
+)
 _POSTFIX_EVERY = 10  # batches between progress-bar updates (each one syncs with the device)
 
 
@@ -163,7 +190,8 @@ def _as_xy(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     lo, hi = float(x.min()), float(x.max())
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0.0 or hi > 1.0:
         raise DataError(
-            f"{what}: images must lie in [0, 1] (normalisation belongs inside the model), got range [{lo:.3g}, {hi:.3g}]"
+            f"{what}: images must lie in [0, 1] (normalisation belongs inside the model: "
+            f"gametheory_defense.models.Normalize, or the normalize = {{mean, std}} option), got range [{lo:.3g}, {hi:.3g}]"
         )
     return x.float(), y.long()
 
@@ -259,8 +287,9 @@ def accuracy(
     ----------
     model : torch.nn.Module
         Classifier returning logits.
-    data : ArrayDataset or (x, y)
-        Images in [0, 1] (N x C x H x W) and integer labels.
+    data : ArrayDataset, (x, y), Dataset or DataLoader
+        Images in [0, 1] (N x C x H x W) and integer labels (see
+        :func:`gametheory_defense.data.as_tensors`).
     attack : Attack, optional
         If given, each batch is replaced by ``attack(model, x, y, generator=generator)``.
     batch_size : int, default 256
@@ -283,6 +312,9 @@ def accuracy(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     x, y = _as_xy(data, "evaluation data")
     device = torch.device(device)
+    from gametheory_defense.models import check_classifier
+
+    check_classifier(model, x[:2].to(device))  # wrong shapes, tuple outputs, float64 weights: one line
     modes = {m: m.training for m in model.modules()}
     model.eval()
     correct = 0
@@ -505,6 +537,7 @@ def train(
         "momentum": SGD_MOMENTUM if optimizer == "sgd" else None,
         "weight_decay": float(weight_decay),
         "device": str(dev),
+        "torch_threads": int(torch.get_num_threads()),  # weights differ between thread counts
         "amp": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else False,
         "seed": int(generator.initial_seed()) if generator is not None else None,
         "train_size": int(n),
@@ -592,3 +625,20 @@ def train(
             )
     model.eval()
     return TrainResult(history=tuple(history), settings=settings)
+
+
+def train_defaults() -> dict[str, Any]:
+    """Default of every :data:`TRAIN_SETTINGS` entry, read from :func:`train`'s signature.
+
+    ``epochs`` (required by :func:`train`) defaults to :data:`DEFAULT_EPOCHS`. The run
+    configuration and the ``gtdefense train`` command take their defaults from here, so
+    they cannot drift from the function.
+    """
+    import inspect
+
+    params = inspect.signature(train).parameters
+    out: dict[str, Any] = {}
+    for name in TRAIN_SETTINGS:
+        default = params[name].default
+        out[name] = DEFAULT_EPOCHS if default is inspect.Parameter.empty else default
+    return out

@@ -13,7 +13,7 @@ from payoff.matrix import FORMAT, FORMAT_VERSION, PayoffError, PayoffMatrix, loa
 
 _LAZY = {
     "build_payoff_matrix": "payoff.builder",
-    "DefenderSpec": "payoff.builder",
+    "DefenderSpec": "payoff.tasks",
     "PayoffStore": "payoff.store",
     "bootstrap_ci": "payoff.store",
 }

@@ -41,13 +41,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import platform
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from gametheory_defense.cache_keys import payoff_cell_identity
+from payoff.executors import EXECUTORS, run_tasks
 from payoff.matrix import PayoffMatrix
 from gametheory_defense.identity import (
     canonical_json,
@@ -67,6 +68,7 @@ from gametheory_defense.identity import (
     defender_identity,
 )
 from payoff.store import MemoryStore, PayoffStore, cell_key
+from payoff.tasks import BuildSettings, CellJob, ColumnTask, DefenderSpec, correctness, outcome_stats
 
 __all__ = [
     "DefenderSpec",
@@ -85,192 +87,6 @@ log = logging.getLogger(__name__)
 #: The games :func:`build_payoff_matrix` can build.
 FORMULATIONS: tuple[str, ...] = ("self", "transfer")
 
-#: Version of the cell computation; part of every store key (bump when results change).
-_CELL_VERSION = 1
-
-
-# --------------------------------------------------------------------------- defenders
-
-
-@dataclass(frozen=True)
-class DefenderSpec:
-    """A defender given by its checkpoint, loaded only where it is needed.
-
-    The Ray executor ships specs, not modules, to its workers; each worker loads the
-    checkpoint itself (``NAME.safetensors`` + ``NAME.json``, never unpickled).
-
-    Parameters
-    ----------
-    name : str
-        The defender's row name (must equal its key in the ``defenders`` mapping).
-    checkpoint : str or pathlib.Path
-        ``NAME``, ``NAME.safetensors`` or ``NAME.json`` of a checkpoint.
-    sap : dict, None or "keep", default "keep"
-        SAP override passed to :func:`~gametheory_defense.checkpoint.load_checkpoint`:
-        ``"keep"`` uses the checkpoint's own settings, ``None`` loads the plain base model,
-        ``{"frac": ..., "mode": ..., "layers": ...}`` applies those SAP settings (one base
-        checkpoint serves several SAP defenders).
-    """
-
-    name: str
-    checkpoint: str | Path
-    sap: Mapping[str, Any] | None | Literal["keep"] = "keep"
-
-    def load(self, *, device: str | torch.device = "cpu") -> nn.Module:
-        """Load the model (``eval()`` mode) on ``device``."""
-        from gametheory_defense.checkpoint import load_checkpoint
-
-        sap = self.sap if (self.sap is None or isinstance(self.sap, str)) else dict(self.sap)
-        return load_checkpoint(self.checkpoint, device=device, sap=sap).model
-
-
-# --------------------------------------------------------------------------- tasks
-
-
-@dataclass(frozen=True)
-class CellJob:
-    """One cell a task computes: a defender, its store key and identity, and its draws."""
-
-    defender: str
-    defender_identity: str
-    key: str
-    identity: dict[str, Any]
-    draws: int
-
-
-@dataclass(frozen=True)
-class ColumnTask:
-    """A unit of work: craft one attack against one source, evaluate some defenders on it.
-
-    ``attack is None`` means a clean-accuracy task (no crafting; ``cells`` are the clean
-    cells of the listed defenders).
-    """
-
-    attack: str | None
-    attack_config: str | None
-    source: str | None
-    source_identity: str | None
-    source_draws: int
-    cells: tuple[CellJob, ...]
-
-    @property
-    def crafts(self) -> int:
-        """Adversarial sets this task crafts (0 for clean tasks, else 1)."""
-        return 0 if self.attack is None else 1
-
-
-@dataclass(frozen=True)
-class BuildSettings:
-    """Settings every task needs (plain data, shipped to workers)."""
-
-    seed: int
-    batch_size: int
-    device: str
-
-
-def _batches(n: int, size: int) -> Iterator[slice]:
-    for s in range(0, n, size):
-        yield slice(s, min(s + size, n))
-
-
-@torch.no_grad()
-def correctness(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, generator: torch.Generator, batch_size: int, device: str
-) -> np.ndarray:
-    """Per-example correctness of one draw of ``model`` (bool array of length n)."""
-    from gametheory_defense.stochastic import use_generator
-
-    out = np.empty(x.shape[0], dtype=np.bool_)
-    with use_generator(model, generator):
-        for sl in _batches(x.shape[0], batch_size):
-            xb = x[sl].to(device)
-            pred = model(xb).argmax(dim=-1).cpu()
-            out[sl] = (pred == y[sl]).numpy()
-    return out
-
-
-def execute_task(
-    task: ColumnTask,
-    *,
-    get_model: Callable[[str], nn.Module],
-    attacks: Mapping[str, Any],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    settings: BuildSettings,
-    store: PayoffStore,
-    on_cell: Callable[[str], None] | None = None,
-) -> list[str]:
-    """Run one :class:`ColumnTask` and write its cells to ``store`` (used by every executor).
-
-    Returns
-    -------
-    list of str
-        Keys of the cells written.
-    """
-    written: list[str] = []
-    seed = settings.seed
-    if task.attack is None:  # clean accuracy
-        for cell in task.cells:
-            t0 = time.perf_counter()
-            model = get_model(cell.defender)
-            outcomes = np.stack(
-                [
-                    correctness(
-                        model, x, y,
-                        generator=cell_generator(seed, "clean", cell.defender_identity, r),
-                        batch_size=settings.batch_size, device=settings.device,
-                    )
-                    for r in range(cell.draws)
-                ]
-            )
-            info = {"defender": cell.defender, "attacker": None, "seconds": time.perf_counter() - t0}
-            store.put(cell.key, outcomes, identity=cell.identity, info=info)
-            written.append(cell.key)
-            if on_cell is not None:
-                on_cell(cell.key)
-        return written
-
-    from gametheory_defense.stochastic import use_generator
-
-    assert task.source is not None and task.attack_config is not None and task.source_identity is not None
-    attack = attacks[task.attack]
-    source = get_model(task.source)
-    t0 = time.perf_counter()
-    crafted: list[torch.Tensor] = []
-    for r in range(task.source_draws):
-        g = cell_generator(seed, "craft", task.source_identity, task.attack_config, r)
-        parts = []
-        with use_generator(source, g):
-            for sl in _batches(x.shape[0], settings.batch_size):
-                xb, yb = x[sl].to(settings.device), y[sl].to(settings.device)
-                parts.append(attack(source, xb, yb, generator=g).detach().cpu())
-        crafted.append(torch.cat(parts))
-    craft_seconds = time.perf_counter() - t0
-    for cell in task.cells:
-        t1 = time.perf_counter()
-        model = get_model(cell.defender)
-        outcomes = np.stack(
-            [
-                correctness(
-                    model, crafted[r % task.source_draws], y,
-                    generator=cell_generator(seed, "eval", cell.defender_identity, task.attack_config, task.source_identity, r),
-                    batch_size=settings.batch_size, device=settings.device,
-                )
-                for r in range(cell.draws)
-            ]
-        )
-        info = {
-            "defender": cell.defender,
-            "attack": task.attack,
-            "source": task.source,
-            "craft_seconds": craft_seconds,
-            "seconds": time.perf_counter() - t1,
-        }
-        store.put(cell.key, outcomes, identity=cell.identity, info=info)
-        written.append(cell.key)
-        if on_cell is not None:
-            on_cell(cell.key)
-    return written
 
 
 # --------------------------------------------------------------------------- helpers
@@ -284,16 +100,8 @@ def _versions() -> dict[str, str]:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
+        "torch_threads": str(torch.get_num_threads()),
     }
-
-
-def outcome_stats(outcomes: np.ndarray) -> tuple[float, float, int]:
-    """(mean accuracy, standard error over examples of the draw-averaged correctness, n x draws)."""
-    draws, n = outcomes.shape
-    per_example = outcomes.mean(axis=0, dtype=np.float64)
-    mean = float(per_example.mean())
-    se = float(per_example.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-    return mean, min(se, 0.5), draws * n
 
 
 @contextmanager
@@ -399,8 +207,6 @@ def build_payoff_matrix(
     from gametheory_defense.data import as_tensors
     from gametheory_defense.stochastic import is_stochastic
 
-    from payoff.executors import run_tasks
-
     defs = _check_mapping(defenders, "defenders")
     atks = _check_mapping(attackers, "attackers")
     if formulation not in FORMULATIONS:
@@ -411,8 +217,8 @@ def build_payoff_matrix(
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
-    if executor not in ("serial", "ray"):
-        raise ValueError(f"executor must be 'serial' or 'ray', got {executor!r}")
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
     if ray_options is not None and executor != "ray":
         warnings.warn("ray_options are ignored unless executor='ray'", stacklevel=2)
     if formulation == "self":
@@ -460,6 +266,12 @@ def build_payoff_matrix(
                     stacklevel=2,
                 )
             models[name] = d.to(device)
+    from gametheory_defense.models import check_classifier
+
+    for name, m in models.items():  # wrong shapes, tuple outputs, float64 weights: one line, before any work
+        k = check_classifier(m, x[:2], name=f"defender {name!r}")
+        if n and int(y.max()) >= k:
+            raise ValueError(f"defender {name!r} has {k} logits but the labels go up to {int(y.max())}")
     ident = {name: defender_identity(m) for name, m in models.items()}
     stoch = {name: is_stochastic(m) for name, m in models.items()}
     check_distinct(ident, defs)  # two different models must never share one set of results
@@ -467,18 +279,18 @@ def build_payoff_matrix(
     def draws_of(*names: str) -> int:
         return repeats if any(stoch[k] for k in names) else 1
 
-    base = {"version": _CELL_VERSION, "data": digest, "seed": seed, "batch_size": batch_size}
-
     def adv_identity(defender: str, attack: str, source: str) -> dict[str, Any]:
-        return {
-            **base,
-            "kind": "adversarial",
-            "defender": ident[defender],
-            "attack": json.loads(attack_cfg[attack]),
-            "source": ident[source],
-            "draws": draws_of(defender, source),
-            "source_draws": draws_of(source),
-        }
+        return payoff_cell_identity(
+            "adversarial",
+            data=digest,
+            seed=seed,
+            batch_size=batch_size,
+            defender=ident[defender],
+            attack=json.loads(attack_cfg[attack]),
+            source=ident[source],
+            draws=draws_of(defender, source),
+            source_draws=draws_of(source),
+        )
 
     # ----- plan: columns, cells, tasks
     if formulation == "self":
@@ -504,7 +316,9 @@ def build_payoff_matrix(
     clean_jobs: list[CellJob] = []
     clean_keys: dict[str, str] = {}
     for d in defs:
-        identity = {**base, "kind": "clean", "defender": ident[d], "draws": draws_of(d)}
+        identity = payoff_cell_identity(
+            "clean", data=digest, seed=seed, batch_size=batch_size, defender=ident[d], draws=draws_of(d)
+        )
         key = cell_key(identity)
         clean_keys[d] = key
         clean_jobs.append(CellJob(d, ident[d], key, identity, identity["draws"]))

@@ -1,6 +1,6 @@
 """Executors that run the payoff builder's tasks: in this process, or as Ray tasks.
 
-A task (:class:`payoff.builder.ColumnTask`) crafts one attack against one source model
+A task (:class:`payoff.tasks.ColumnTask`) crafts one attack against one source model
 and evaluates some defenders on the result (or measures clean accuracy), writing each
 finished cell to the :class:`~payoff.store.PayoffStore`. Cells are seeded from their
 identity, so both executors give the same matrix.
@@ -10,12 +10,20 @@ identity, so both executors give the same matrix.
 ``ray``
     One Ray task per builder task (Moritz et al., 2018, "Ray: a distributed framework for
     emerging AI applications"). Workers receive defenders as
-    :class:`~payoff.builder.DefenderSpec` (they load the checkpoint themselves) or, for
-    in-memory models built by ``build_model``, as safetensors bytes of the ``state_dict``
-    with the architecture and SAP settings; torch modules are never pickled. Each worker
-    checks that the model it rebuilt has the identity the main process computed, and
-    writes its cells to the same store directory (which must be reachable from every
-    worker: a local cluster, or a shared file system).
+    :class:`~payoff.tasks.DefenderSpec` (they load the checkpoint themselves) or, for
+    in-memory models with an ``architecture`` record (``build_model``, ``load_model``), as
+    safetensors bytes of the ``state_dict`` with the architecture and SAP settings. An
+    architecture the main process built (with its ``trust_code`` or registration) may be
+    imported by the workers too: the consent was given in the main process. Any other
+    ``nn.Module`` (no architecture, or a class the workers cannot import by name, e.g.
+    one registered under a short name in this process) is shipped as the object itself,
+    serialised in memory by Ray (cloudpickle), never through a file. Each worker checks
+    that the model it rebuilt has the identity the main process computed, and writes its
+    cells to the same store directory (which must be reachable from every worker: a local
+    cluster, or a shared file system). Classes shipped by name, and classes of modules
+    shipped as objects, must be importable on the workers: a local cluster started here
+    gets this process's ``sys.path`` as its ``PYTHONPATH``; on another cluster, install the
+    package or set the ``PYTHONPATH`` of its workers.
 
 Ray options (``ray_options``)
     ``address`` (``None``: start a local cluster, or use the one already initialised),
@@ -27,20 +35,21 @@ Ray options (``ray_options``)
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from gametheory_defense.identity import defender_identity
 from payoff.store import PayoffStore
+from payoff.tasks import BuildSettings, ColumnTask, DefenderSpec, execute_task
 
-if TYPE_CHECKING:
-    from payoff.builder import BuildSettings, ColumnTask, DefenderSpec
-
-__all__ = ["EXECUTORS", "run_tasks", "ModulePayload"]
+__all__ = ["EXECUTORS", "run_tasks", "ModulePayload", "ObjectPayload"]
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +118,6 @@ def _run_serial(
     store: PayoffStore,
     on_cells: Callable[[int], None] | None,
 ) -> None:
-    from payoff.builder import execute_task
-
     callback = (lambda _key: on_cells(1)) if on_cells is not None else None
     for task in tasks:
         execute_task(task, get_model=models.__getitem__, attacks=attacks, x=x, y=y, settings=settings, store=store, on_cell=callback)
@@ -119,14 +126,32 @@ def _run_serial(
 # --------------------------------------------------------------------------- ray
 
 
+def _worker_buildable(model: nn.Module) -> bool:
+    """Whether a worker can rebuild ``model`` from its ``architecture`` record by name."""
+    from gametheory_defense.models import ENTRY_POINT_GROUP, MODELS, is_import_spec
+
+    arch = getattr(model, "architecture", None)
+    if not isinstance(arch, Mapping) or not {"name", "input_shape", "num_classes"} <= set(arch):
+        return False
+    name = arch["name"]
+    if name in MODELS:
+        return True
+    if is_import_spec(name):
+        return not str(name).startswith("__main__:")
+    from importlib.metadata import entry_points
+
+    return any(ep.name == name for ep in entry_points(group=ENTRY_POINT_GROUP))
+
+
 @dataclass(frozen=True)
 class ModulePayload:
-    """An in-memory model shipped to a worker without pickling it.
+    """An in-memory model shipped to a worker as its architecture record and safetensors weights.
 
     Attributes
     ----------
     architecture : dict
-        ``model.architecture`` (``build_model`` arguments).
+        ``model.architecture`` (``build_model`` arguments: name, input_shape,
+        num_classes, and kwargs/normalize where recorded).
     sap : dict or None
         SAP settings to re-apply.
     weights : bytes
@@ -142,21 +167,26 @@ class ModulePayload:
 
     @classmethod
     def from_module(cls, name: str, model: nn.Module, identity: str) -> ModulePayload:
-        """Serialise ``model`` (built by ``build_model``, optionally with SAP)."""
+        """Serialise ``model`` (one with an ``architecture`` record, optionally with SAP)."""
         from safetensors.torch import save
 
         from gametheory_defense.sap import sap_settings
 
-        arch = getattr(model, "architecture", None)
-        if not isinstance(arch, Mapping) or not {"name", "input_shape", "num_classes"} <= set(arch):
+        if not _worker_buildable(model):
             raise ValueError(
-                f"defender {name!r} cannot be shipped to Ray workers: it has no `architecture` "
-                "(build it with gametheory_defense.models.build_model) - or give it as a DefenderSpec "
-                "pointing at a checkpoint"
+                f"defender {name!r} cannot be rebuilt by name on Ray workers (no importable `architecture`); "
+                "ship it with ObjectPayload"
             )
+        arch = dict(model.architecture)  # type: ignore[arg-type]
         tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
         return cls(
-            architecture={"name": str(arch["name"]), "input_shape": [int(d) for d in arch["input_shape"]], "num_classes": int(arch["num_classes"])},
+            architecture={
+                "name": str(arch["name"]),
+                "input_shape": [int(d) for d in arch["input_shape"]],
+                "num_classes": int(arch["num_classes"]),
+                **({"kwargs": dict(arch["kwargs"])} if arch.get("kwargs") else {}),
+                **({"normalize": dict(arch["normalize"])} if arch.get("normalize") is not None else {}),
+            },
             sap=sap_settings(model),
             weights=save(tensors),
             identity=identity,
@@ -173,12 +203,45 @@ class ModulePayload:
             self.architecture["name"],
             input_shape=tuple(self.architecture["input_shape"]),
             num_classes=self.architecture["num_classes"],
+            kwargs=self.architecture.get("kwargs"),
+            normalize=self.architecture.get("normalize"),
+            trust_code=True,  # the main process built this architecture: its consent covers the workers
             generator=torch.Generator().manual_seed(0),
         )
         model.load_state_dict(load(self.weights), strict=True)
         if self.sap is not None:
-            model = apply_sap(model, self.sap["frac"], mode=self.sap["mode"], layers=self.sap["layers"])
+            model = apply_sap(
+                model,
+                self.sap["frac"],
+                mode=self.sap["mode"],
+                layers=self.sap["layers"],
+                activations=self.sap.get("activations", "relu"),
+            )
         return model.to(device).eval()
+
+
+@dataclass(frozen=True)
+class ObjectPayload:
+    """Any other ``nn.Module``, shipped as the object (Ray serialises it in memory, never to a file).
+
+    Attributes
+    ----------
+    module : nn.Module
+        A CPU copy of the defender.
+    """
+
+    module: nn.Module
+
+    @classmethod
+    def from_module(cls, model: nn.Module) -> ObjectPayload:
+        """A CPU copy of ``model`` (the caller's model is not moved)."""
+        import copy
+
+        return cls(copy.deepcopy(model).cpu())
+
+    def load(self, *, device: str | torch.device = "cpu") -> nn.Module:
+        """The module on ``device`` in ``eval()`` mode."""
+        return self.module.to(device).eval()
 
 
 def _import_ray() -> Any:
@@ -200,9 +263,6 @@ def _ray_task(
     store_root: str,
 ) -> int:
     """Body of one Ray task: load the defenders it needs, run the task, return the cells written."""
-    from gametheory_defense.identity import defender_identity
-    from payoff.builder import execute_task
-
     cache: dict[str, nn.Module] = {}
 
     def get_model(name: str) -> nn.Module:
@@ -234,7 +294,6 @@ def _run_ray(
     store: PayoffStore,
     on_cells: Callable[[int], None] | None,
 ) -> None:
-    from gametheory_defense.identity import defender_identity
     from payoff.store import MemoryStore
 
     unknown = set(ray_options) - _RAY_KEYS
@@ -250,6 +309,9 @@ def _run_ray(
         init_kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if address is None:
             init_kwargs["num_cpus"] = int(ray_options.get("num_cpus", 2))
+            # local workers see this process's import path: classes it can import by name, they can
+            paths = [p for p in sys.path if p] + [os.environ.get("PYTHONPATH", "")]
+            init_kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}}
         ray.init(address=address, **init_kwargs)
         started = True
     try:
@@ -257,10 +319,16 @@ def _run_ray(
         for name, model in models.items():
             identity = defender_identity(model)
             spec = specs.get(name)
-            if spec is not None:
-                # workers may run in another directory (or machine): ship absolute paths
-                spec = replace(spec, checkpoint=Path(spec.checkpoint).expanduser().resolve())
-            payloads[name] = {"spec": spec if spec is not None else ModulePayload.from_module(name, model, identity), "identity": identity}
+            payload: Any
+            if not _worker_buildable(model):
+                payload = ObjectPayload.from_module(model)
+            elif spec is not None:
+                # workers may run in another directory (or machine): ship absolute paths; the
+                # main process loaded this checkpoint (trusted or registered), so may they
+                payload = replace(spec, checkpoint=Path(spec.checkpoint).expanduser().resolve(), trust_code=True)
+            else:
+                payload = ModulePayload.from_module(name, model, identity)
+            payloads[name] = {"spec": payload, "identity": identity}
         payloads_ref = ray.put(payloads)
         attacks_ref = ray.put(dict(attacks))
         data_ref = ray.put((x.cpu(), y.cpu()))

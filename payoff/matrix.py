@@ -269,9 +269,12 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 
 
 def _value_hint(values: np.ndarray) -> str:
-    if values.min() < 0 and values.min() >= -1 and values.max() <= 1:
+    """A guess at the convention used, only when most of the matrix supports it."""
+    low, high = float(values.min()), float(values.max())
+    if low < 0 and low >= -1 and high <= 1 and np.count_nonzero(values < 0) * 10 >= values.size:
         return " (is this a [-1, 1] win/loss game? map it to accuracy with (A + 1) / 2)"
-    if values.max() > 1 and values.min() >= 0 and values.max() <= 100:
+    # Percentages: accuracies of 1 % and more are above 1, so most entries would be.
+    if high > 1 and low >= 0 and high <= 100 and np.count_nonzero(values > 1) * 2 > values.size:
         return " (the values look like percentages: divide them by 100)"
     return ""
 
@@ -708,6 +711,12 @@ class PayoffMatrix:
         for key in ("defenders", "attackers"):
             if not isinstance(d[key], list):
                 raise PayoffError(f"{prefix}{key!r} must be a list of names, got {d[key]!r}")
+            if not d[key]:
+                # In a file the name lists are the matrix's: an empty one is not "use defaults".
+                what = "row" if key == "defenders" else "column"
+                raise PayoffError(
+                    f"{prefix}{key!r} is empty; it must name every {what} of 'values' (one name per {what})"
+                )
         try:
             return cls(
                 d["values"],
@@ -770,20 +779,37 @@ class PayoffMatrix:
 
     @classmethod
     def from_csv(cls, path: str | Path) -> PayoffMatrix:
-        """Read a payoff CSV file (see :meth:`to_csv`); errors name file, line, row, column."""
+        """Read a payoff CSV file (see :meth:`to_csv`); errors name file, line, row, column.
+
+        The file is read line by line and each row becomes a float64 array at once, so the
+        memory used stays near that of the matrix (8 bytes per value) rather than of Python
+        lists of strings.
+        """
         path = Path(path)
-        text = _read_text(path)
-        reader = csv.reader(io.StringIO(text), strict=True, skipinitialspace=True)
-        records: list[tuple[int, list[str]]] = []
         try:
-            for record in reader:
-                if record and any(cell.strip() for cell in record):
-                    records.append((reader.line_num, record))
-        except csv.Error as exc:
-            raise PayoffError(f"{path}: line {reader.line_num}: malformed CSV: {exc}") from None
-        if not records:
+            handle = path.open(encoding="utf-8-sig", newline="")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such payoff file") from None
+        except IsADirectoryError:
+            raise IsADirectoryError(f"{path}: is a directory, not a payoff file") from None
+        with handle:
+            reader = csv.reader(handle, strict=True, skipinitialspace=True)
+            try:
+                return cls._parse_csv(path, reader)
+            except csv.Error as exc:
+                raise PayoffError(f"{path}: line {reader.line_num}: malformed CSV: {exc}") from None
+            except UnicodeDecodeError as exc:
+                raise PayoffError(
+                    f"{path}: not UTF-8 text ({exc.reason} after line {reader.line_num})"
+                ) from None
+
+    @classmethod
+    def _parse_csv(cls, path: Path, reader: Any) -> PayoffMatrix:
+        records = ((reader.line_num, r) for r in reader if r and any(cell.strip() for cell in r))
+        first = next(records, None)
+        if first is None:
             raise PayoffError(f"{path}: empty file; expected a header 'defender,<attacker names...>'")
-        line, header = records[0]
+        line, header = first
         if header[0].strip() != _CSV_CORNER:
             raise PayoffError(
                 f"{path}: line {line}: the header must start with {_CSV_CORNER!r} and then name "
@@ -793,11 +819,9 @@ class PayoffMatrix:
         attackers = [cell.strip() for cell in header[1:]]
         if not attackers:
             raise PayoffError(f"{path}: line {line}: the header names no attackers")
-        if len(records) == 1:
-            raise PayoffError(f"{path}: no defender rows after the header")
         defenders: list[str] = []
-        values: list[list[float]] = []
-        for i, (line, record) in enumerate(records[1:]):
+        rows: list[np.ndarray] = []
+        for i, (line, record) in enumerate(records):
             name = record[0].strip()
             defenders.append(name)
             where = f"{path}: line {line}: {_label('row', i, defenders)}"
@@ -813,15 +837,21 @@ class PayoffMatrix:
                     f"{where}: {len(cells)} values but the header names {len(attackers)} "
                     f"attackers (extra value {cells[len(attackers)]!r})"
                 )
-            row: list[float] = []
-            for j, cell in enumerate(cells):
-                text_cell = cell.strip()
-                try:
-                    row.append(float(text_cell))
-                except ValueError:
-                    problem = "empty cell" if not text_cell else f"{cell!r} is not a number"
-                    raise PayoffError(f"{where}, {_label('column', j, attackers)}: {problem}") from None
-            values.append(row)
+            try:
+                rows.append(np.fromiter(map(float, cells), dtype=np.float64, count=len(cells)))
+            except ValueError:
+                for j, cell in enumerate(cells):
+                    text_cell = cell.strip()
+                    try:
+                        float(text_cell)
+                    except ValueError:
+                        problem = "empty cell" if not text_cell else f"{cell!r} is not a number"
+                        raise PayoffError(f"{where}, {_label('column', j, attackers)}: {problem}") from None
+                raise
+        if not rows:
+            raise PayoffError(f"{path}: no defender rows after the header")
+        values = np.vstack(rows)
+        del rows
         try:
             return cls(values, defenders=tuple(defenders), attackers=tuple(attackers))
         except PayoffError as exc:

@@ -1,11 +1,14 @@
 """Helper for tests/test_builder.py: a payoff build in its own process, to be SIGKILLed part-way.
 
-Usage: ``python tests/_builder_worker.py TMPDIR [--pause SECONDS]``
+Usage: ``python tests/_builder_worker.py TMPDIR [--stop-after K] [--threads N]``
 
 Writes (once) two digits MLP checkpoints trained from fixed seeds under TMPDIR/ckpt,
-then builds the self game of :func:`game` into the store TMPDIR/store. With ``--pause``
-the process sleeps after each cell it writes, so a test can kill it between cells.
-The test imports :func:`game` to resume the same build in-process.
+then builds the self game of :func:`game` into the store TMPDIR/store. With
+``--stop-after K`` the process, once it has written its K-th cell, writes TMPDIR/stopped
+and waits to be killed, so a test kills it at a known point whatever the machine's speed
+(no race between the test's kill and the worker's next cell). ``--threads`` sets torch's
+thread count (the test passes its own, so both processes compute alike). The test
+imports :func:`game` to resume the same build in-process.
 """
 
 from __future__ import annotations
@@ -63,16 +66,22 @@ def game(root: Path) -> dict[str, Any]:
     }
 
 
-class PausingStore(PayoffStore):
-    """A store that sleeps after each write (to be killed between cells)."""
+class StoppingStore(PayoffStore):
+    """A store that, after its K-th write, announces it and waits (to be killed there)."""
 
-    def __init__(self, root: Path, pause: float) -> None:
+    def __init__(self, root: Path, stop_after: int, marker: Path) -> None:
         super().__init__(root)
-        self.pause = pause
+        self.stop_after = stop_after
+        self.marker = marker
+        self.written = 0
 
     def put(self, key: str, outcomes: np.ndarray, **kwargs: Any) -> Path:
         path = super().put(key, outcomes, **kwargs)
-        time.sleep(self.pause)
+        self.written += 1
+        if self.written == self.stop_after:
+            self.marker.write_text(f"{self.written}\n")
+            while True:  # until SIGKILL
+                time.sleep(1.0)
         return path
 
 
@@ -81,12 +90,13 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("root", type=Path)
-    parser.add_argument("--pause", type=float, default=0.0)
+    parser.add_argument("--stop-after", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     kwargs = game(args.root)
     (args.root / "ready").write_text("building\n")
-    build_payoff_matrix(**kwargs, store=PausingStore(args.root / "store", args.pause))
+    build_payoff_matrix(**kwargs, store=StoppingStore(args.root / "store", args.stop_after, args.root / "stopped"))
     (args.root / "done").write_text("finished\n")
     return 0
 

@@ -222,20 +222,23 @@ def test_config_is_json_and_rebuilds_an_equal_attack(name: str) -> None:
     assert make_attack(name, "l2").config() != cfg
 
 
+class FailsOnFourthCall(nn.Module):
+    """Identity that raises on its fourth forward pass (mid-attack)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 4:
+            raise RuntimeError("boom")
+        return h
+
+
 def test_state_restored_when_the_model_raises() -> None:
-    class Fails(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.calls = 0
-
-        def forward(self, h: torch.Tensor) -> torch.Tensor:
-            self.calls += 1
-            if self.calls == 4:
-                raise RuntimeError("boom")
-            return h
-
     model = tiny_model("deterministic")
-    model.append(Fails())
+    model.append(FailsOnFourthCall())
     flags = [p.requires_grad for p in model.parameters()]
     modes = [m.training for m in model.modules()]
     x, y = tiny_data()
@@ -243,6 +246,52 @@ def test_state_restored_when_the_model_raises() -> None:
         PGD(0.1, steps=5)(model, x, y, generator=torch.Generator().manual_seed(0))
     assert [p.requires_grad for p in model.parameters()] == flags
     assert [m.training for m in model.modules()] == modes
+
+
+def _bn_model() -> nn.Sequential:
+    """A small conv net with BatchNorm, left in train() mode with non-trivial running stats."""
+    torch.manual_seed(0)  # tests only: a fixed initialisation
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 8),
+        nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, NUM_CLASSES),
+    )
+    with torch.no_grad():
+        model(torch.rand(16, *SHAPE, generator=torch.Generator().manual_seed(3)))  # stats away from 0/1
+    return model.train()
+
+
+def _buffers(model: nn.Module) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    return [(name, b, b.clone()) for name, b in model.named_buffers()]
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_batchnorm_buffers_unchanged_by_an_attack_in_train_mode(name: str) -> None:
+    model = _bn_model()
+    before = _buffers(model)
+    assert {n.rsplit(".", 1)[1] for n, _, _ in before} == {"running_mean", "running_var", "num_batches_tracked"}
+    x, y = tiny_data()
+    x_adv = run(make_attack(name, "linf"), model, x, y, seed=1)
+    assert not torch.equal(x_adv, x)  # the attack ran forward passes in train() mode
+    assert all(m.training for m in model.modules())
+    after = dict(model.named_buffers())
+    for key, tensor, values in before:
+        assert after[key] is tensor, key  # the same tensor object
+        assert torch.equal(tensor, values), key  # with its old values
+    # Without the restore, the same forward passes do move the statistics:
+    with torch.no_grad():
+        model(x)
+    assert not torch.equal(model[1].running_mean, before[0][2])
+
+
+def test_buffers_restored_when_the_model_raises() -> None:
+    model = _bn_model()
+    model.append(FailsOnFourthCall())
+    before = _buffers(model)
+    x, y = tiny_data()
+    with pytest.raises(RuntimeError, match="boom"):
+        PGD(0.1, steps=5)(model, x, y, generator=torch.Generator().manual_seed(0))
+    for key, tensor, values in before:
+        assert torch.equal(dict(model.named_buffers())[key], values), key
 
 
 def test_generator_feeds_the_attack_not_the_runtime_checks() -> None:

@@ -199,22 +199,31 @@ def _cells(store_dir: Path) -> list[Path]:
     return sorted((store_dir / "cells").glob("*.safetensors")) if (store_dir / "cells").is_dir() else []
 
 
-def test_sigkill_then_resume_recomputes_only_missing_cells(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop_after", [1, 5])
+def test_sigkill_then_resume_recomputes_only_missing_cells(tmp_path: Path, stop_after: int) -> None:
+    """A build SIGKILLed after its K-th cell resumes computing exactly the missing cells.
+
+    The worker stops itself after K cells and waits for the kill, so the test knows how
+    many cells exist whatever the machine's load (an earlier version killed a worker that
+    kept writing every 0.5 s after a fixed deadline of 120 s: on a cold, loaded machine the
+    worker could miss the deadline or outrun the kill).
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     log_path = tmp_path / "worker.log"
     store_dir = tmp_path / "store"
     total = 3 * 2 + 3  # adversarial cells + clean cells
+    threads = torch.get_num_threads()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(WORKER), str(tmp_path), "--pause", "0.5"],
+            [sys.executable, str(WORKER), str(tmp_path), "--stop-after", str(stop_after), "--threads", str(threads)],
             env=env, stdout=subprocess.DEVNULL, stderr=log,
         )
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a hang guard only: a cold start may take minutes
         try:
-            while not _cells(store_dir):
+            while not (tmp_path / "stopped").exists():
                 assert proc.poll() is None, log_path.read_text()
-                assert time.monotonic() < deadline, "worker wrote no cell in time"
-                time.sleep(0.02)
+                assert time.monotonic() < deadline, "worker did not reach its stopping point in 10 minutes"
+                time.sleep(0.05)
             proc.send_signal(signal.SIGKILL)
         finally:
             if proc.poll() is None:
@@ -223,7 +232,7 @@ def test_sigkill_then_resume_recomputes_only_missing_cells(tmp_path: Path) -> No
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "done").exists()
     present = len(_cells(store_dir))
-    assert 1 <= present < total
+    assert present == stop_after < total
 
     resumed = build_payoff_matrix(**game(tmp_path), store=store_dir)
     assert resumed.metadata["cells_reused"] == present

@@ -131,6 +131,13 @@ def test_sap_override_at_load(tmp_path: Path) -> None:
         load_checkpoint(base2, sap={"frac": -1.0})
     with pytest.raises(CheckpointError, match="plain.json"):
         load_checkpoint(base2, sap={"frac": 0.5, "layers": ["no-such-relu"]})
+    # the "activations" setting (absent in earlier versions: ReLU) is checked and passed on
+    with_kind = load_checkpoint(base2, sap={"frac": 0.5, "layers": None, "activations": "relu"}).model
+    assert sap_settings(with_kind) == sap_settings(load_checkpoint(base2, sap={"frac": 0.5}).model)
+    with pytest.raises(CheckpointError, match="plain.json.*activations"):
+        load_checkpoint(base2, sap={"frac": 0.5, "activations": 3})
+    with pytest.raises(CheckpointError, match="plain.json.*gelu"):  # the MLP has no GELU
+        load_checkpoint(base2, sap={"frac": 0.5, "activations": "gelu"})
 
 
 # --------------------------------------------------------------------------- identities
@@ -174,11 +181,38 @@ def test_non_json_metrics_refused(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- corruption
 
 
-def _rewrite_json(base: Path, **changes: object) -> None:
+def _rewrite_json(base: Path, *, resign: bool = True, **changes: object) -> None:
+    """Edit the sidecar; ``resign`` also updates its digest, so only the deeper checks can object."""
+    from gametheory_defense.checkpoint import SIDECAR_DIGEST, sidecar_digest
+
     sidecar = checkpoint_paths(base)[1]
     meta = json.loads(sidecar.read_text())
     meta.update(changes)
+    if resign:
+        meta[SIDECAR_DIGEST] = sidecar_digest(meta)
     sidecar.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"architecture": {"name": "mlp", "input_shape": [1, 4, 16], "num_classes": 10}},
+        {"sap": {"frac": 9.0, "mode": "exact", "layers": None}},
+        {"extra": {"recipe": {"epochs": 99}}},
+    ],
+)
+def test_edited_sidecar_is_an_error_naming_the_file(saved: tuple[torch.nn.Module, Path], changes: dict) -> None:
+    """Issue 14: a sidecar field changed by hand (input_shape, SAP frac, recipe) is refused, not loaded."""
+    _, base = saved
+    _rewrite_json(base, resign=False, **changes)
+    msg = _load_error(base)
+    assert "mlp.json" in msg and "edited" in msg
+
+
+def test_sidecar_records_torch_threads(saved: tuple[torch.nn.Module, Path]) -> None:
+    _, base = saved
+    meta = json.loads(checkpoint_paths(base)[1].read_text())
+    assert meta["torch_threads"] == torch.get_num_threads()
 
 
 def _rewrite_weights(base: Path, tensors: dict[str, torch.Tensor]) -> None:

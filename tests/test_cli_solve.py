@@ -214,6 +214,14 @@ BAD_CASES: dict[str, tuple[Callable[[Path], list[object]], str]] = {
         "eq.json: an equilibrium file holds a JSON object",
     ),
     "unknown image type": (lambda t: ["plot", RPS_FILE, "-o", t / "f.xyz"], "unknown image type '.xyz'"),
+    "deeply nested equilibrium": (  # before: a RecursionError traceback
+        lambda t: ["plot", RPS_FILE, "-e", _file("eq.json", "[" * 100_000 + "]" * 100_000)(t), "-o", t / "f.png"],
+        "eq.json: JSON nested too deeply to be an equilibrium file",
+    ),
+    "empty name list": (  # before: silently replaced by d0, d1
+        lambda t: ["solve", _file("g.json", json.dumps({**GOOD, "defenders": []}))(t)],
+        "g.json: 'defenders' is empty; it must name every row",
+    ),
     "number too large": (
         lambda t: ["solve", _file("g.json", json.dumps({**GOOD, "values": [[0.5, 10**400], [0.75, 1.0]]}))(t)],
         "g.json: row 0 ('a'), column 1 ('y'): values entry 1000",

@@ -132,3 +132,59 @@ def test_load_config_file_errors(tmp_path):
     bad.write_text("[data\nx=1")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(bad)
+
+
+# ----------------------------------------------------------------- issue 14: names and ranges
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("std", "std.json"), ("std", "STD"), ("std", "std.safetensors"), ("caf\u00e9", "cafe\u0301")],
+)
+def test_model_names_mapping_to_one_file_are_refused(first, second):
+    raw = raw_digits()
+    raw["models"] = [dict(raw["models"][0], name=first), dict(raw["models"][0], name=second)]
+    with pytest.raises(ConfigError, match="map to the same file") as info:
+        parse_config(raw)
+    assert first in str(info.value) and "\n" not in str(info.value)
+
+
+def test_defender_name_colliding_with_a_reserved_file_is_refused():
+    raw = raw_digits()
+    raw["models"][0]["name"] = "Mixture"
+    with pytest.raises(ConfigError, match="reserved name 'mixture'"):
+        parse_config(raw)
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda r: r["attackers"][0].update(eps=1e300), "attackers[0].eps"),
+        (lambda r: r["attackers"][0].update(eps=1.5), "attackers[0].eps"),
+        (lambda r: r["evaluation"].update(eps=1e300), "evaluation.eps"),
+        (lambda r: r["defenders"].update(sap_fracs=[1e300]), "defenders.sap_fracs[0]"),
+        (lambda r: r["models"][0].update(epochs=10**12), "models[0].epochs"),
+        (lambda r: r["models"][1].update(eps=2.0), "models[1].eps"),
+        (lambda r: r["game"].update(repeats=10**12), "game.repeats"),
+        (lambda r: r["evaluation"].update(draws=10**12), "evaluation.draws"),
+        (lambda r: r["evaluation"].update(repeats=10**12), "evaluation.repeats"),
+        (lambda r: r["attackers"][1].update(steps=10**12), "attackers[1].steps"),
+        (lambda r: r["double_oracle"].update(max_iterations=10**12), "double_oracle.max_iterations"),
+    ],
+)
+def test_extreme_values_are_refused_at_config_time(edit, key):
+    raw = raw_digits()
+    raw.setdefault("double_oracle", {})
+    edit(raw)
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert str(info.value).startswith(key) and "\n" not in str(info.value)
+
+
+def test_l2_eps_is_bounded_by_the_input_diagonal():
+    raw = raw_digits()
+    raw["evaluation"].update(norm="l2", eps=7.9)  # digits: 64 pixels, diagonal 8
+    parse_config(raw)
+    raw["evaluation"]["eps"] = 8.1
+    with pytest.raises(ConfigError, match=r"evaluation.eps: .*\[0, 8\]"):
+        parse_config(raw)

@@ -214,3 +214,33 @@ def test_zero_tol_terminates_without_duplicate_strategies() -> None:
     assert result.equilibrium.value == pytest.approx(value, abs=1e-9)
     for h in result.history:
         assert h.lower_bound <= value + 1e-9 and value - 1e-9 <= h.upper_bound
+
+
+def test_iterative_methods_are_warm_started_from_the_previous_round(
+    wide_game: tuple[np.ndarray, float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gametheory_defense.double_oracle as do_module
+
+    full, value = wide_game
+    seen: list[tuple[int, int, dict]] = []
+
+    def spy(g, method, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((len(g.defenders), len(g.attackers), {k: kwargs.get(k) for k in ("x0", "y0")}))
+        return solve_zero_sum(g, method, **kwargs)
+
+    monkeypatch.setattr(do_module, "solve_zero_sum", spy)
+    names = [f"a{j}" for j in range(full.shape[1])]
+    start = PayoffMatrix(full[:, :1], defenders=[f"d{i}" for i in range(20)], attackers=names[:1])
+    result = double_oracle(
+        start, column_oracle(full, names), method="pdhg", tol=1e-4, max_iterations=60, progress=False
+    )
+    assert result.converged and result.equilibrium.value == pytest.approx(value, abs=1e-3)
+    assert seen[0][2] == {"x0": None, "y0": None}  # the first solve starts cold
+    for (_, n_before, _), (m, n, warm) in zip(seen, seen[1:]):
+        assert warm["x0"].shape == (m,) and warm["y0"].shape == (n,)
+        if n > n_before:  # the column added this round starts at probability 0
+            assert warm["y0"][-1] == 0.0
+    # An exact method gets no warm start (HiGHS through scipy takes none).
+    seen.clear()
+    double_oracle(start, column_oracle(full, names), max_iterations=3, progress=False)
+    assert all(w == {"x0": None, "y0": None} for *_, w in seen)

@@ -313,10 +313,20 @@ def test_save_refuses_to_clobber(tmp_path: Path, sap_ensemble: MixedStrategyMode
         small.save(other, overwrite=True)
 
 
-def _edit_manifest(root: Path, fn) -> None:
+def _edit_manifest(root: Path, fn, *, resign: bool = True) -> None:
+    """Edit the manifest; ``resign`` also updates its digest, so only the deeper checks can object."""
+    from gametheory_defense.ensemble import MANIFEST_DIGEST, manifest_digest
+
     m = json.loads((root / MANIFEST).read_text())
     fn(m)
+    if resign:
+        m[MANIFEST_DIGEST] = manifest_digest(m)
     (root / MANIFEST).write_text(json.dumps(m))
+
+
+def _set_member_frac(m: dict, frac: float) -> None:
+    member = next(e for e in m["members"] if e["sap"] is not None)
+    member["sap"] = {**member["sap"], "frac": frac}
 
 
 def _first_weights(root: Path) -> Path:
@@ -338,6 +348,12 @@ CORRUPTIONS = {
     "missing member file": (lambda r: _first_weights(r).unlink(), ".safetensors"),
     "sha mismatch": (lambda r: _flip_byte(_first_weights(r)), ".safetensors"),
     "path escape": (lambda r: _edit_manifest(r, lambda m: m["members"][0].update(weights="../x.safetensors")), MANIFEST),
+    # issue 14: a hand edit that still parses (member SAP frac, strategy) is refused by the digest
+    "edited member SAP frac": (lambda r: _edit_manifest(r, lambda m: _set_member_frac(m, 0.01), resign=False), MANIFEST),
+    "edited strategy": (
+        lambda r: _edit_manifest(r, lambda m: m.update(strategy=list(reversed(m["strategy"]))), resign=False),
+        MANIFEST,
+    ),
 }
 
 

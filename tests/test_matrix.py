@@ -347,3 +347,44 @@ def test_missing_file_and_bad_encoding(tmp_path: Path) -> None:
 def test_docstring_examples_run() -> None:
     result = doctest.testmod(payoff.matrix, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 3 and result.failed == 0
+
+
+def test_name_lists_in_a_file_must_match_the_matrix(tmp_path: Path) -> None:
+    # Before: "defenders": [] was silently replaced by d0, d1, ...
+    for key in ("defenders", "attackers"):
+        d = {"defenders": ["a", "b"], "attackers": ["x", "y"], "values": [[0.5, 0.25], [0.75, 1.0]], key: []}
+        path = write(tmp_path, "g.json", json.dumps(d))
+        with pytest.raises(PayoffError, match=f"'{key}' is empty; it must name every"):
+            load_payoff(path)
+
+
+def test_percentage_hint_only_when_most_values_are_above_one() -> None:
+    # Before: a single 1.5 among values of 0.12 was called "percentages".
+    typo = np.full((4, 4), 0.12)
+    typo[2, 3] = 1.5
+    with pytest.raises(PayoffError) as info:
+        PayoffMatrix(typo)
+    assert "percentages" not in str(info.value) and "row 2 ('d2'), column 3 ('a3')" in str(info.value)
+    with pytest.raises(PayoffError, match="look like percentages"):
+        PayoffMatrix(np.full((4, 4), 12.0))
+    with pytest.raises(PayoffError, match="win/loss"):
+        PayoffMatrix([[1.0, -1.0], [-1.0, 1.0]])
+
+
+def test_csv_memory_stays_near_the_file_size(tmp_path: Path) -> None:
+    # Before: a 275 MB CSV peaked at 4.4 GB (16x): the whole text, then lists of strings and
+    # of Python floats. Now rows become float64 arrays as they are read.
+    import tracemalloc
+
+    values = np.random.default_rng(0).uniform(size=(400, 500))  # ~19 characters per value
+    path = tmp_path / "big.csv"
+    PayoffMatrix(values).to_csv(path)
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        loaded = load_payoff(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(loaded.values, values)
+    assert peak < 1.5 * size, (peak, size)  # 1.08x; before: 11.5x on this file

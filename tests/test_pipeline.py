@@ -52,6 +52,19 @@ def test_report_numbers_equal_the_json(demo):
     eq = json.loads((out / "equilibrium.json").read_text())
     report = (out / "report.md").read_text()
     assert f"**{pct(eq['value'])}**" in report
+    # the game value is shown with its confidence interval (gametheory_defense.stats)
+    from types import SimpleNamespace
+
+    from gametheory_defense.stats import game_value_interval
+
+    solved = SimpleNamespace(
+        value=eq["value"],
+        defender_strategy=[eq["defender_strategy"][d] for d in matrix.defenders],
+        attacker_strategy=[eq["attacker_strategy"][a] for a in matrix.attackers],
+    )
+    iv = game_value_interval(matrix, solved)
+    assert iv.low < iv.high
+    assert f"**{pct(eq['value'])}** (95% CI [{pct(iv.low)}, {pct(iv.high)}]" in report
     for i, name in enumerate(matrix.defenders):
         row = f"| `{name}` | {pct(matrix.clean_accuracy[i])} | {pct(matrix.values[i].min())}"
         assert row in report, row

@@ -233,3 +233,22 @@ def test_convergence_validation() -> None:
         plot_convergence([Step(0, float("nan"), 0.3, 0.8, 1, 1)])
     with pytest.warns(UserWarning, match=r"history\[0\]: lower bound 0.9 exceeds upper bound 0.3"):
         plot_convergence([Step(0, 0.5, 0.9, 0.3, 1, 1)])
+
+
+def test_names_are_text_never_mathtext(tmp_path: Path) -> None:
+    # Before: a name "$^$" failed with "ParseException ... ^" and "a_$x$" was drawn as math.
+    game = PayoffMatrix([[0.5, 0.2], [0.3, 0.6]], defenders=["$^$", "a_$x$"], attackers=["$", "50$ $"])
+    eq = rps_eq(
+        defender_strategy=np.array([0.5, 0.5]), attacker_strategy=np.array([0.5, 0.5]), value=0.4,
+        defenders=game.defenders, attackers=game.attackers, method="$weird_method$",
+    )
+    fig = plot_payoff(game, eq)
+    fig.savefig(tmp_path / "names.png")
+    heat = by_label(fig)
+    labels = [t for ax in fig.axes for t in ax.get_xticklabels() + ax.get_yticklabels() if t.get_text()]
+    names = {t.get_text() for t in labels}
+    assert {"$^$", "a_$x$", "$", "50$ $"} <= names
+    assert all(not t.get_parse_math() for t in labels if t.get_text() in game.defenders + game.attackers)
+    titles = [ax.get_title(loc="left") for ax in fig.axes if ax.get_title(loc="left")]
+    assert any("$weird_method$" in t for t in titles)
+    assert heat  # the figure was laid out

@@ -13,9 +13,18 @@ import pytest
 import torch
 from torch import nn
 
+import copy
+import pickle
+
+import torch.nn.functional as F
+
 from gametheory_defense.sap import (
+    SAP_ACTIVATIONS,
+    SAPCoverageError,
+    SAPForward,
     StochasticActivationPruning,
     _draw_hits,
+    activation_sites,
     apply_sap,
     relu_layer_names,
     remove_sap,
@@ -424,6 +433,297 @@ def test_apply_sap_to_registered_models() -> None:
     with use_generator(sap_net, _gen(19)):
         logits = sap_net(x)
     assert logits.shape == (4, 10) and torch.isfinite(logits).all()
+
+
+# ----------------------------------------------------------------------------------------
+# Every call site: functional activations, reused modules, other activations
+# ----------------------------------------------------------------------------------------
+
+
+def _seeded(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = _gen(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
+    return model
+
+
+class _Branches(nn.Module):
+    """Three parallel branches, each one activation call then linear maps only.
+
+    SAP's unbiasedness then makes the expected logits equal the base logits exactly,
+    so a Monte-Carlo mean checks that every site is pruned with the right law.
+    """
+
+    def __init__(self, act: str = "relu") -> None:
+        super().__init__()
+        self.act = act
+        self.a, self.b, self.c = nn.Linear(6, 10), nn.Linear(6, 10), nn.Linear(6, 10)
+        self.out = nn.Linear(10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act == "relu":  # three spellings of the same call
+            h = F.relu(self.a(x)) + torch.relu(self.b(x)) + self.c(x).relu()
+        else:
+            h = F.gelu(self.a(x)) + F.silu(self.b(x)) + F.elu(self.c(x)) + F.leaky_relu(self.c(x), 0.2)
+        return self.out(h)
+
+
+class _Block(nn.Module):
+    """A torchvision-style block: one nn.ReLU called twice, one declared and never called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.relu = nn.ReLU()
+        self.spare = nn.ReLU()  # declared, never called
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.fc1(x))
+        return self.relu(self.fc2(out) + x)
+
+
+class _ResNetLike(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(6, 8)
+        self.relu = nn.ReLU()  # called once: the legacy wrapper layout
+        self.blocks = nn.Sequential(_Block(), _Block())
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.relu(self.stem(x))))
+
+
+BLOCK_SITES = ["relu", "blocks.0.relu#0", "blocks.0.relu#1", "blocks.1.relu#0", "blocks.1.relu#1"]
+
+
+def _count_calls(model: nn.Module) -> dict[str, int]:
+    counts = {name: 0 for name, m in model.named_modules() if isinstance(m, StochasticActivationPruning)}
+    for name, m in model.named_modules():
+        if isinstance(m, StochasticActivationPruning):
+            m.register_forward_hook(lambda mod, inp, out, name=name: counts.__setitem__(name, counts[name] + 1))
+    return counts
+
+
+def _assert_unbiased(sap_model: nn.Module, base: nn.Module, x: torch.Tensor, draws: int = 4000) -> None:
+    """Mean of ``draws`` stochastic passes equals the base output (5 sigma), and passes vary."""
+    batch = x.expand(draws, *x.shape[1:])
+    with torch.no_grad(), use_generator(sap_model, _gen(30)):
+        out = sap_model(batch).double()
+    expected = base(x).double()[0]
+    sd = out.std(dim=0) / math.sqrt(draws)
+    assert (sd > 0).all(), "SAP did not prune: the outputs do not vary"
+    assert ((out.mean(dim=0) - expected).abs() <= SIGMAS * sd + 1e-9).all()
+
+
+def test_functional_relu_trunk_gets_sap_at_every_call() -> None:
+    base = _seeded(_Branches("relu"))
+    sites = activation_sites(base)
+    assert sites == [":relu#0", ":relu#1", ":relu#2"]
+    sap_model = apply_sap(base, 0.5)
+    assert isinstance(sap_model, SAPForward)
+    assert list(sap_model.state_dict()) == list(base.state_dict())
+    assert sap_settings(sap_model) == {"frac": 0.5, "mode": "exact", "layers": sites}
+    counts = _count_calls(sap_model)
+    x = torch.rand(1, 6, generator=_gen(31))
+    sap_model(x)
+    assert sorted(counts.values()) == [1, 1, 1]
+    with deterministic(sap_model):
+        torch.testing.assert_close(sap_model(x), base(x))
+    _assert_unbiased(sap_model, base, x)
+    # Each site alone, and the round trip back to the base model.
+    for i, site in enumerate(sites):
+        one = apply_sap(base, 0.5, layers=[i])
+        assert sap_settings(one)["layers"] == [site]
+    plain = remove_sap(sap_model)
+    assert type(plain) is _Branches and sap_settings(plain) is None
+    assert torch.equal(plain(x), base(x))
+
+
+def test_reused_relu_module_gets_one_sap_per_call_site() -> None:
+    base = _seeded(_ResNetLike())
+    assert relu_layer_names(base) == BLOCK_SITES  # "spare" is declared but never called: not a site
+    sap_model = apply_sap(base, 1.0)
+    assert isinstance(sap_model.relu, nn.Sequential)  # called once: the usual wrapper
+    assert all(isinstance(b, SAPForward) for b in sap_model.blocks)
+    counts = _count_calls(sap_model)
+    assert len(counts) == len(BLOCK_SITES)  # one SAP module per call site
+    x = torch.rand(3, 6, generator=_gen(32))
+    sap_model(x)
+    assert set(counts.values()) == {1}  # each runs once per forward pass, none twice
+    assert sap_settings(sap_model)["layers"] == BLOCK_SITES
+    assert list(sap_model.state_dict()) == list(base.state_dict())
+    with deterministic(sap_model):
+        torch.testing.assert_close(sap_model(x), base(x))
+    # A reused module's name selects all its calls; "#k" one call.
+    assert sap_settings(apply_sap(base, 1.0, layers=["blocks.1.relu"]))["layers"] == BLOCK_SITES[3:]
+    assert sap_settings(apply_sap(base, 1.0, layers=["blocks.0.relu#1"]))["layers"] == ["blocks.0.relu#1"]
+    with pytest.raises(ValueError, match="declared but never called"):
+        apply_sap(base, 1.0, layers=["blocks.0.spare"])
+    plain = remove_sap(sap_model)
+    assert [type(m) for m in plain.modules()] == [type(m) for m in base.modules()]
+    assert torch.equal(plain(x), base(x))
+
+
+def test_sap_on_the_second_call_is_applied_to_that_call_only() -> None:
+    """SAP after call #1 only: the first call's output reaches fc2 unpruned."""
+    block = _seeded(_Block())
+    sap_block = apply_sap(block, 0.5, layers=["relu#1"])
+    seen: list[torch.Tensor] = []
+    sap_block.fc2.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    x = torch.rand(4, 8, generator=_gen(33))
+    with use_generator(sap_block, _gen(34)):
+        y = sap_block(x)
+    torch.testing.assert_close(seen[0], torch.relu(block.fc1(x)))
+    full = block.relu(block.fc2(seen[0]) + x)
+    assert not torch.equal(y, full) and ((y == 0) | (full != 0)).all()  # pruned: zeros where kept ones were not
+
+
+def test_copies_and_pickles_keep_the_sap_forward() -> None:
+    base = _seeded(_ResNetLike())
+    sap_model = apply_sap(base, 0.5)
+    sap_model.architecture = {"name": "resnet-like"}  # type: ignore[assignment]
+    x = torch.rand(64, 6, generator=_gen(35))
+    for other in (copy.deepcopy(sap_model), pickle.loads(pickle.dumps(sap_model))):
+        with use_generator(sap_model, _gen(36)):
+            a = sap_model(x)
+        with use_generator(other, _gen(36)):
+            b = other(x)
+        assert torch.equal(a, b) and not torch.equal(a, base(x))
+        assert len(_count_calls(other)) == len(BLOCK_SITES)
+    double = apply_sap(base, 0.5).double()
+    assert double(x.double()).dtype == torch.float64
+    assert remove_sap(double).blocks[0].fc1.weight.dtype == torch.float64
+
+
+def test_identity_tells_call_sites_apart() -> None:
+    identity = pytest.importorskip("gametheory_defense.identity")
+    block = _seeded(_Block())
+    ids = {identity.model_identity(apply_sap(block, 0.5, layers=[site])) for site in ("relu#0", "relu#1")}
+    ids.add(identity.model_identity(apply_sap(block, 0.5)))
+    ids.add(identity.model_identity(block))
+    assert len(ids) == 4
+    assert identity.model_identity(apply_sap(block, 0.5)) == identity.model_identity(apply_sap(block, 0.5))
+
+
+class _InPlace(nn.Module):
+    """``F.relu_`` mutates ``h``, and ``h`` (not the call's result) is read afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.out = nn.Linear(6, 10), nn.Linear(10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)
+        F.relu_(h)
+        return self.out(h)
+
+
+def test_in_place_activation_read_afterwards_is_pruned() -> None:
+    base = _seeded(_InPlace())
+    assert activation_sites(base) == [":relu#0"]
+    x = torch.rand(1, 6, generator=_gen(37))
+    _assert_unbiased(apply_sap(base, 0.5), base, x)
+
+
+@pytest.mark.parametrize("fracs", [0.5])
+def test_other_activations(fracs: float) -> None:
+    base = _seeded(_Branches("mixed"))
+    with pytest.raises(ValueError, match="nn.ReLU"):
+        apply_sap(base, fracs)  # ReLU is the default and there is none
+    sites = activation_sites(base, SAP_ACTIVATIONS)
+    assert sites == [":gelu#0", ":silu#0", ":elu#0", ":leaky_relu#0"]
+    assert activation_sites(base, "gelu") == [":gelu#0"]
+    sap_model = apply_sap(base, fracs, activations=["gelu", "silu", "elu", "leaky_relu"])
+    settings = sap_settings(sap_model)
+    assert settings == {"frac": fracs, "mode": "exact", "layers": sites, "activations": ["gelu", "silu", "leaky_relu", "elu"]}
+    x = torch.rand(1, 6, generator=_gen(38))
+    _assert_unbiased(sap_model, base, x)  # signed activations: still unbiased
+    rebuilt = apply_sap(remove_sap(sap_model), **settings)  # type: ignore[arg-type]
+    assert sap_settings(rebuilt) == settings
+    with pytest.raises(ValueError, match="add 'gelu' to activations"):
+        apply_sap(base, fracs, layers=[":gelu#0"])
+    with pytest.raises(ValueError, match="activations"):
+        apply_sap(base, fracs, activations="tanh")
+
+
+@pytest.mark.parametrize(("module", "kind"), [(nn.GELU(), "gelu"), (nn.SiLU(), "silu"), (nn.LeakyReLU(0.1), "leaky_relu"), (nn.ELU(), "elu")])
+def test_activation_modules_of_other_kinds(module: nn.Module, kind: str) -> None:
+    base = _seeded(nn.Sequential(nn.Linear(6, 12), module, nn.Linear(12, 3)))
+    sap_model = apply_sap(base, 0.5, activations=kind)
+    assert isinstance(sap_model[1], nn.Sequential) and isinstance(sap_model[1][1], StochasticActivationPruning)
+    assert sap_settings(sap_model) == {"frac": 0.5, "mode": "exact", "layers": ["1"], "activations": kind}
+    _assert_unbiased(sap_model, base, torch.rand(1, 6, generator=_gen(39)))
+
+
+class _HandSAP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 8), nn.Linear(8, 3)
+        self.sap = StochasticActivationPruning(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.sap(F.relu(self.fc1(x))))
+
+
+def test_sap_settings_of_hand_inserted_sap() -> None:
+    seq = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), StochasticActivationPruning(0.5, mode="fast"), nn.Linear(8, 3))
+    assert sap_settings(seq) == {"frac": 0.5, "mode": "fast", "layers": ["1"]}
+    plain = remove_sap(seq)
+    assert isinstance(plain[2], nn.Identity) and list(plain.state_dict()) == list(seq.state_dict())
+    rebuilt = apply_sap(plain, **sap_settings(seq))  # type: ignore[arg-type]
+    assert sap_settings(rebuilt) == sap_settings(seq)
+
+    custom = _seeded(_HandSAP())
+    assert sap_settings(custom) == {"frac": 0.5, "mode": "exact", "layers": [":relu#0"]}
+    rebuilt = apply_sap(remove_sap(custom), **sap_settings(custom))  # type: ignore[arg-type]
+    assert sap_settings(rebuilt) == sap_settings(custom)
+    with pytest.raises(ValueError, match="already contains SAP"):
+        apply_sap(custom, 0.5)
+
+
+class _DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.act, self.out = nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.fc(x))
+        if h.sum() > 0:  # data-dependent control flow: not traceable
+            h = F.relu(h - 0.1)
+        return self.out(h)
+
+
+def test_untraceable_model_raises_naming_the_module() -> None:
+    model = nn.Sequential(nn.Linear(6, 6), _DataDependent())
+    with pytest.raises(SAPCoverageError, match=r"cannot trace the forward of '1' \(_DataDependent; TraceError"):
+        apply_sap(model, 0.5)
+    with pytest.raises(SAPCoverageError, match="_DataDependent"):
+        activation_sites(model)
+    # Naming the module explicitly still works: the module is wrapped, so all its calls are covered.
+    sap_model = apply_sap(model, 0.5, layers=["1.act"])
+    assert isinstance(sap_model[1].act, nn.Sequential)
+    assert sap_settings(sap_model) == {"frac": 0.5, "mode": "exact", "layers": ["1.act"]}
+    # A module without activations that cannot be traced does not block SAP elsewhere.
+
+    class Clip(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.clamp(0, 1) if x.min() < 0 else x
+
+    ok = apply_sap(nn.Sequential(Clip(), nn.Linear(6, 4), nn.ReLU()), 0.5)
+    assert sap_settings(ok)["layers"] == ["2"]
+
+
+@pytest.mark.parametrize("name", ["mlp", "small-cnn", "madry-cnn", "preact-resnet18"])
+def test_built_in_models_keep_the_wrapper_layout(name: str) -> None:
+    models = pytest.importorskip("gametheory_defense.models")
+    shape = (3, 32, 32) if name == "preact-resnet18" else (1, 28, 28)
+    net = models.build_model(name, input_shape=shape, num_classes=10, generator=_gen(40))
+    assert relu_layer_names(net) == models.relu_names(net)
+    sap_net = apply_sap(net, 1.0)
+    assert not any(isinstance(m, SAPForward) for m in sap_net.modules())
+    assert sap_settings(sap_net) == {"frac": 1.0, "mode": "exact", "layers": models.relu_names(net)}
 
 
 # ----------------------------------------------------------------------------------------

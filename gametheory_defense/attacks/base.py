@@ -11,7 +11,8 @@ everything that is not the attack's own update rule:
 - the model contract (:func:`preserve_model_state`): train/eval modes are never touched
   and are restored per submodule, every parameter's ``requires_grad`` is switched off
   during the attack and restored exactly (also on error), so no gradient reaches the
-  parameters;
+  parameters, and every buffer (BatchNorm running statistics in ``train()`` mode) is
+  restored to its values from before the attack;
 - randomness: the whole attack runs inside ``use_generator(model, generator)`` and draws
   its random starts with ``random_tensor``, so one generator state gives one result;
 - restarts, keeping each example's worst case (:meth:`Attack._keep_worst`);
@@ -161,15 +162,27 @@ def build_attack(name: str, **kwargs: Any) -> Attack:
 
 @contextlib.contextmanager
 def preserve_model_state(model: nn.Module) -> Iterator[None]:
-    """Freeze ``model``'s parameters inside the block; restore modes and flags exactly on exit.
+    """Freeze ``model``'s parameters inside the block; restore modes, flags and buffers exactly on exit.
 
     Every parameter's ``requires_grad`` is set to ``False`` (no gradient is computed for
     it, and ``p.grad`` stays as it was) and restored on exit, also when the block raises.
     The train/eval mode of every submodule is recorded and restored too; the attack
     itself never changes it (a user's dropout or batch norm stays as the user set it).
+
+    Every buffer is restored as well, the same tensor object with its values from before
+    the block: a BatchNorm layer left in ``train()`` mode is attacked with batch
+    statistics, as its mode says, but its ``running_mean``, ``running_var`` and
+    ``num_batches_tracked`` (and any other buffer a forward pass updates) are left
+    exactly as they were found.
     """
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
+    buffers = [
+        (m, name, buf, buf.detach().clone())
+        for m in model.modules()
+        for name, buf in m._buffers.items()
+        if buf is not None
+    ]
     try:
         for p, _ in flags:
             p.requires_grad_(False)
@@ -179,6 +192,10 @@ def preserve_model_state(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
         for m, mode in modes:
             m.training = mode
+        with torch.no_grad():
+            for m, name, buf, saved in buffers:
+                m._buffers[name] = buf
+                buf.copy_(saved)
 
 
 @dataclass(frozen=True, slots=True)
@@ -635,11 +652,24 @@ class Attack:
         """
         xs = x[:_CHECK_EXAMPLES]
         check_gen = torch.Generator().manual_seed(0)
-        with torch.no_grad(), use_generator(model, check_gen):
-            out1 = model(xs)
-            out2 = model(xs) if self.eot_samples == 1 else None
-        if out1.dim() != 2 or out1.shape[0] != xs.shape[0]:
-            raise AttackError(f"the model must return logits of shape (N, num_classes), got {tuple(out1.shape)}")
+        try:
+            with torch.no_grad(), use_generator(model, check_gen):
+                out1 = model(xs)
+                out2 = model(xs) if self.eot_samples == 1 else None
+        except (RuntimeError, TypeError) as exc:  # say why in one line (shape, dtype) instead of torch's message
+            from gametheory_defense.models import check_classifier
+
+            try:
+                check_classifier(model, xs)
+            except ValueError as clear:
+                raise AttackError(str(clear)) from None
+            raise exc
+        from gametheory_defense.models import check_logits
+
+        try:
+            check_logits(out1, batch=xs.shape[0])
+        except ValueError as exc:
+            raise AttackError(str(exc)) from None
         k = out1.shape[1]
         y_lo, y_hi = torch.aminmax(y)
         if y_lo.item() < 0 or y_hi.item() >= k:

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from gametheory_defense import __version__
 
 # Subcommand modules, in the order ``gtdefense --help`` lists them.
-COMMANDS = ["solve", "plot", "train", "attack", "run", "demo", "evaluate"]
+COMMANDS = ["solve", "plot", "train", "attack", "run", "demo", "evaluate", "import-model"]
 
 EXIT_USAGE = 2
 
@@ -28,6 +28,16 @@ EXIT_USAGE = 2
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def add_trust_code_option(parser: argparse.ArgumentParser) -> None:
+    """``--trust-code``: consent to import model classes that files name (docs/models.md)."""
+    parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="import model classes that checkpoints or configs name as package.module:Class (this runs "
+        "their code: only for files you trust); built-in and registered architectures need no consent",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in COMMANDS:
-        importlib.import_module(f"gametheory_defense.cli.{name}").register(sub)
+        importlib.import_module(f"gametheory_defense.cli.{name.replace('-', '_')}").register(sub)
     return parser
 
 

@@ -7,6 +7,8 @@ import logging
 import sys
 import warnings
 
+from gametheory_defense.cli import add_trust_code_option
+
 __all__ = ["register", "run", "NON_EOT_WARNING"]
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Add the ``attack`` subcommand."""
     from gametheory_defense.attacks import ATTACKS, LOSSES, NORMS
     from gametheory_defense.data import DATASETS
+    from gametheory_defense.sap import SAP_MODES
 
     p = subparsers.add_parser(
         "attack",
@@ -42,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--eot-samples", type=int, default=None,
                    help="gradient samples per step (Expectation over Transformation; default: the attack's)")
     p.add_argument("--sap-frac", type=float, default=None, help="add SAP with this draw fraction")
-    p.add_argument("--sap-mode", default="exact", choices=["exact", "fast"], help="SAP sampling mode (default exact)")
+    p.add_argument("--sap-mode", default="exact", choices=list(SAP_MODES), help="SAP sampling mode (default exact)")
     p.add_argument("--n", type=int, default=1000, help="attack the first N test images (default 1000)")
     p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
                    help="data set (default: the one recorded in the checkpoint)")
@@ -52,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (default cpu)")
     p.add_argument("--batch-size", type=int, default=256, help="examples per attack call (default 256)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_trust_code_option(p)
     p.set_defaults(func=run)
 
 
@@ -85,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if not dataset:
         raise ConfigError(f"{args.checkpoint}: the checkpoint records no data set; pass --dataset")
     sap = "keep" if args.sap_frac is None else {"frac": args.sap_frac, "mode": args.sap_mode, "layers": None}
-    ckpt = load_checkpoint(args.checkpoint, device=args.device, sap=sap)
+    ckpt = load_checkpoint(args.checkpoint, device=args.device, sap=sap, trust_code=args.trust_code)
 
     test_set = load_dataset(dataset, "test", data_dir=args.data_dir, download=args.download)
     test_set = test_set.subset(min(args.n, len(test_set.labels)))

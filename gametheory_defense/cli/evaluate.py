@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gametheory_defense.cli import add_trust_code_option
+
 __all__ = ["register", "run"]
 
 log = logging.getLogger(__name__)
@@ -22,9 +24,10 @@ log = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``evaluate`` subcommand."""
-    from gametheory_defense.attacks import ATTACKS
+    from gametheory_defense.attacks import ATTACKS, NORMS
     from gametheory_defense.data import DATASETS
     from gametheory_defense.evaluation import SUITES
+    from gametheory_defense.sap import SAP_MODES
 
     p = subparsers.add_parser(
         "evaluate",
@@ -43,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help=f"an attack to run (repeatable; one of {', '.join(sorted(ATTACKS))}); "
                         "--steps/--step-size/--eot-samples/--restarts/--loss apply to each")
     p.add_argument("--eps", type=float, default=0.3, help="threat-model radius in [0,1] input units (default 0.3)")
-    p.add_argument("--norm", default="linf", choices=["linf", "l2"], help="threat model (default linf)")
+    p.add_argument("--norm", default="linf", choices=list(NORMS), help="threat model (default linf)")
     p.add_argument("--steps", type=int, default=None, help="iterations of --attack attacks (default: the attack's)")
     p.add_argument("--step-size", type=float, default=None, help="step size of --attack attacks")
     p.add_argument("--eot-samples", type=int, default=None, help="EOT samples of --attack attacks")
@@ -51,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--loss", default=None, help="loss of --attack attacks (ce or cw)")
     p.add_argument("--sap-frac", type=float, default=None,
                    help="add Stochastic Activation Pruning with this fraction (to every member of an ensemble)")
-    p.add_argument("--sap-mode", default="exact", choices=["exact", "fast"], help="SAP sampling mode (default exact)")
+    p.add_argument("--sap-mode", default="exact", choices=list(SAP_MODES), help="SAP sampling mode (default exact)")
     p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
                    help="data set (default: the one recorded with the model)")
     p.add_argument("--data-dir", default=None, help="directory holding the data set files")
@@ -74,6 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="where to write the report as Markdown (default: NAME.evaluation.md next to a "
                         "checkpoint, DIR/evaluation.md for an ensemble)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_trust_code_option(p)
     p.set_defaults(func=run)
 
 
@@ -88,7 +92,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, str | None]:
     if path.is_dir():
         if not (path / MANIFEST).is_file():
             raise CheckpointError(f"{path}: a directory without {MANIFEST} is not an ensemble; pass a checkpoint or an ensemble directory")
-        model = MixedStrategyModel.load(path, device=args.device)
+        model = MixedStrategyModel.load(path, device=args.device, trust_code=args.trust_code)
         dataset = model.metadata.get("dataset")
         if dataset is None:
             import json
@@ -111,7 +115,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, str | None]:
     if not any(c.is_file() for c in candidates):
         raise FileNotFoundError(f"{path}: no such checkpoint or ensemble directory")
     sap = "keep" if args.sap_frac is None else {"frac": args.sap_frac, "mode": args.sap_mode, "layers": None}
-    ckpt = load_checkpoint(path, device=args.device, sap=sap)
+    ckpt = load_checkpoint(path, device=args.device, sap=sap, trust_code=args.trust_code)
     return ckpt.model, ckpt.metadata.get("dataset")
 
 

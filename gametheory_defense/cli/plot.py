@@ -94,6 +94,8 @@ def load_equilibrium(path: str | Path) -> Any:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to be an equilibrium file") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: an equilibrium file holds a JSON object, got {type(data).__name__}")
     try:

@@ -14,7 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Add the ``train`` subcommand."""
     from gametheory_defense.data import DATASETS
     from gametheory_defense.models import MODELS
-    from gametheory_defense.training import METHODS, OPTIMIZERS
+    from gametheory_defense.training import METHODS, OPTIMIZERS, train_defaults
+
+    d = train_defaults()  # the defaults of training.train, declared once there
 
     p = subparsers.add_parser(
         "train",
@@ -28,16 +30,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="training data set")
     p.add_argument("--model", required=True, choices=sorted(MODELS), help="architecture")
-    p.add_argument("--method", default="standard", choices=list(METHODS), help="training method (default: standard)")
-    p.add_argument("--eps", type=float, default=0.3, help="PGD-AT L-inf radius in [0,1] input units (default 0.3)")
-    p.add_argument("--attack-steps", type=int, default=10, help="PGD-AT inner steps (default 10)")
-    p.add_argument("--step-size", type=float, default=None, help="PGD-AT step size (default 2.5*eps/steps)")
-    p.add_argument("--eps-warmup-epochs", type=int, default=0, help="ramp eps up linearly over these epochs")
-    p.add_argument("--epochs", type=int, default=10, help="passes over the training data (default 10)")
-    p.add_argument("--batch-size", type=int, default=128, help="examples per step (default 128)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    p.add_argument("--optimizer", default="adam", choices=list(OPTIMIZERS), help="optimizer (default adam)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty (default 0)")
+    p.add_argument("--method", default=d["method"], choices=list(METHODS), help=f"training method (default: {d['method']})")
+    p.add_argument("--eps", type=float, default=d["eps"], help=f"PGD-AT L-inf radius in [0,1] input units (default {d['eps']:g})")
+    p.add_argument("--attack-steps", type=int, default=d["attack_steps"], help=f"PGD-AT inner steps (default {d['attack_steps']})")
+    p.add_argument("--step-size", type=float, default=d["step_size"], help="PGD-AT step size (default 2.5*eps/steps)")
+    p.add_argument("--eps-warmup-epochs", type=int, default=d["eps_warmup_epochs"], help="ramp eps up linearly over these epochs")
+    p.add_argument("--epochs", type=int, default=d["epochs"], help=f"passes over the training data (default {d['epochs']})")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"], help=f"examples per step (default {d['batch_size']})")
+    p.add_argument("--lr", type=float, default=d["lr"], help=f"learning rate (default {d['lr']:g})")
+    p.add_argument("--optimizer", default=d["optimizer"], choices=list(OPTIMIZERS), help=f"optimizer (default {d['optimizer']})")
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"], help=f"L2 penalty (default {d['weight_decay']:g})")
     p.add_argument("--train-size", type=int, default=None, help="use only the first N training examples")
     p.add_argument("--eval-size", type=int, default=1000, help="test examples for the final evaluation (default 1000)")
     p.add_argument("--eval-steps", type=int, default=20, help="PGD steps of the final robust evaluation (default 20)")

@@ -19,6 +19,10 @@ method                algorithm
 ``pdhg``              restarted primal-dual hybrid gradient (iterative; for large games)
 ===================== =====================================================================
 
+Every :class:`Equilibrium` carries both players' certified guarantees
+(``defender_guarantee <= value <= attacker_guarantee``, rounding included);
+:func:`extreme_optimal_strategies` lists the whole optimal face of a small game.
+
 Examples
 --------
 >>> from gametheory_defense.solvers import solve_zero_sum
@@ -35,6 +39,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from gametheory_defense.errors import GTDError, SolverError
 from gametheory_defense.solvers._core import (
     CONVERGED,
@@ -45,17 +51,24 @@ from gametheory_defense.solvers._core import (
     SOLVERS,
     STATUSES,
     TIME_LIMIT,
+    Certificate,
     Equilibrium,
     SolverOutput,
+    UNIT_ROUNDOFF,
+    _prescaled,
+    _unscale,
     as_game,
+    certify,
     check_options,
     clean_strategy,
     exploitability,
     normalise_output,
+    payoff_scale,
     register_solver,
     resolve_method,
 )
 from gametheory_defense.solvers.cvxpy_backend import solve_cvxpy
+from gametheory_defense.solvers.face import EXTREME_STRATEGIES_MAX_STRATEGIES, extreme_optimal_strategies
 from gametheory_defense.solvers.iterative import fictitious_play, pdhg, regret_matching
 from gametheory_defense.solvers.lp import solve_lp
 from gametheory_defense.solvers.nashpy_backends import (
@@ -71,11 +84,16 @@ from gametheory_defense.solvers.selection import select_defender_strategy
 
 __all__ = [
     "solve_zero_sum",
+    "extreme_optimal_strategies",
+    "EXTREME_STRATEGIES_MAX_STRATEGIES",
     "Equilibrium",
     "SolverOutput",
     "SOLVERS",
     "register_solver",
     "exploitability",
+    "certify",
+    "Certificate",
+    "payoff_scale",
     "SELECTIONS",
     "STATUSES",
     "OPTIMAL",
@@ -123,9 +141,10 @@ def solve_zero_sum(
 
     Parameters
     ----------
-    matrix : payoff.PayoffMatrix or array_like, shape (m, n)
+    matrix : payoff.PayoffMatrix, array_like or scipy.sparse matrix, shape (m, n)
         Rows are defenders (the maximizer), columns attackers, entries the defender's
         payoff. A plain array may hold any finite reals; names default to ``d0..``/``a0..``.
+        Sparse matrices are densified (every method works on a dense array).
     method : str or callable
         A name in :data:`SOLVERS` (``"lp"`` by default) or a callable
         ``fn(A, *, tol) -> SolverOutput | (x, y)``.
@@ -133,16 +152,21 @@ def solve_zero_sum(
         Which of the defender's optimal strategies to return when the optimum is not unique
         (see :mod:`gametheory_defense.solvers.selection`). ``value`` is not changed by it.
     tol : float
-        Exploitability target: iterative methods stop there, exact methods are reported
-        ``"inaccurate"`` (with a warning) if their certificate misses it.
+        Exploitability target **relative to the payoff scale** ``max A - min A``
+        (:func:`payoff_scale`): methods receive the absolute target ``tol * (max A - min A)``;
+        iterative methods stop there, and an answer whose computed duality gap misses it is
+        reported ``"inaccurate"`` (with a warning). Relative, so that a game and the same game
+        times ``1e-15`` or ``1e10`` are solved alike. The target never goes below what rounding
+        lets a certificate resolve, ``8.04 (m + n + 2) u max|A|`` (``u = 2**-53``).
     **options
-        Method-specific keywords, e.g. ``max_iterations``/``time_limit``/``progress`` for
-        the iterative methods, ``algorithm`` for ``lp``, ``solver`` for ``cvxpy``.
+        Method-specific keywords, e.g. ``max_iterations``/``time_limit``/``progress`` and the
+        warm start ``x0``/``y0`` for the iterative methods, ``algorithm`` for ``lp``,
+        ``solver`` for ``cvxpy``.
 
     Returns
     -------
     Equilibrium
-        Strategies, value, certificate, method, status.
+        Strategies, value, both players' certified guarantees, exploitability, method, status.
 
     Raises
     ------
@@ -169,10 +193,20 @@ def solve_zero_sum(
     values = game.values
     m, n = values.shape
 
+    # Payoffs beyond 2**1000 are scaled by an exact power of two first (strategies are
+    # invariant), so that no sum of products overflows; value and bounds are scaled back.
+    values, exponent = _prescaled(values)
+    scale = float(np.ptp(values))
+    # Relative to the payoff scale, but never below what rounding lets a certificate resolve
+    # (the largest rounding allowance of certify: a few (m + n) ulps of max|A|).
+    largest = max(abs(float(values.max())), abs(float(values.min())))  # no |A| copy
+    floor = 4.0 * 2.01 * (m + n + 2) * UNIT_ROUNDOFF * largest
+    target = max(float(tol) * scale, floor) if scale > 0 else float(tol)  # constant game: all exact
+
     frozen = values.view()  # solvers get a read-only view: no copy of a large game
     frozen.setflags(write=False)
     try:
-        raw = fn(frozen, tol=float(tol), **options)
+        raw = fn(frozen, tol=target, **options)
     except GTDError:
         raise
     except (ValueError, TypeError) as exc:
@@ -185,24 +219,34 @@ def solve_zero_sum(
     x = clean_strategy(out.defender_strategy, m, who="defender", method=name)
     y = clean_strategy(out.attacker_strategy, n, who="attacker", method=name)
     status = out.status if out.status in STATUSES else str(out.status)
-    gap = exploitability(values, x, y)
-    value = float(x @ values @ y)
+    cert = certify(values, x, y)
+    if not cert.exact:
+        # Zeroing probabilities below 1e-13 can cost exactness (diag(1e10, 1e-10) is solved
+        # by x = (1e-20, 1)): keep them when that certifies better.
+        x2 = clean_strategy(out.defender_strategy, m, who="defender", method=name, zero_tol=0.0)
+        y2 = clean_strategy(out.attacker_strategy, n, who="attacker", method=name, zero_tol=0.0)
+        if not (np.array_equal(x, x2) and np.array_equal(y, y2)):
+            cert2 = certify(values, x2, y2)
+            if cert2.computed_gap < cert.computed_gap:
+                x, y, cert = x2, y2, cert2
+    value = _unscale(cert.value, exponent)
 
     if select is not None:
-        x = select_defender_strategy(values, x, y, select, tol=float(tol), clean_accuracy=game.clean_accuracy)
-        gap = exploitability(values, x, y)
+        x = select_defender_strategy(values, x, y, select, tol=target, clean_accuracy=game.clean_accuracy)
+        cert = certify(values, x, y)
+    gap = _unscale(cert.exploitability, exponent)
 
-    if status in (OPTIMAL, CONVERGED) and gap > tol * (1 + 1e-6) + 1e-15:
+    if status in (OPTIMAL, CONVERGED) and cert.computed_gap > target * (1 + 1e-6):
         warnings.warn(
-            f"method {name!r} reported {status!r} but its certificate is {gap:.3g} > tol {tol:.3g}; "
-            f"status set to {INACCURATE!r}",
+            f"method {name!r} reported {status!r} but its certificate is {gap:.3g} > tol {tol:.3g} x "
+            f"payoff scale {_unscale(scale, exponent):.3g}; status set to {INACCURATE!r}",
             stacklevel=2,
         )
         status = INACCURATE
     elif status in (MAX_ITERATIONS, TIME_LIMIT):
         warnings.warn(
-            f"method {name!r} stopped ({status}) at exploitability {gap:.3g} > tol {tol:.3g}; "
-            "raise max_iterations, loosen tol, or use method='lp'",
+            f"method {name!r} stopped ({status}) at exploitability {gap:.3g} > tol {tol:.3g} x "
+            f"payoff scale {_unscale(scale, exponent):.3g}; raise max_iterations, loosen tol, or use method='lp'",
             stacklevel=2,
         )
     log.debug("solved %dx%d game with %s: value %.9g, exploitability %.3g", m, n, name, value, gap)
@@ -210,12 +254,14 @@ def solve_zero_sum(
         defender_strategy=x,
         attacker_strategy=y,
         value=value,
-        exploitability=max(gap, 0.0),
+        exploitability=gap,
         method=name,
         status=status,
         select=select,
         defenders=game.defenders,
         attackers=game.attackers,
         iterations=out.iterations,
+        defender_guarantee=_unscale(cert.defender_guarantee, exponent),
+        attacker_guarantee=_unscale(cert.attacker_guarantee, exponent),
     )
 

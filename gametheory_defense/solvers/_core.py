@@ -38,6 +38,9 @@ __all__ = [
     "Game",
     "as_game",
     "exploitability",
+    "Certificate",
+    "certify",
+    "payoff_scale",
     "clean_strategy",
     "SOLVERS",
     "register_solver",
@@ -102,6 +105,8 @@ def as_game(matrix: Any) -> Game:
             raise ValueError(
                 f"payoffs must be a PayoffMatrix or a 2-D array of numbers, got {type(matrix).__name__}"
             )
+        if _is_sparse(matrix):  # scipy.sparse: the solvers work on dense arrays
+            matrix = matrix.toarray()
         try:
             values = np.asarray(matrix, dtype=np.float64)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -131,23 +136,154 @@ def as_game(matrix: Any) -> Game:
     return Game(np.ascontiguousarray(values), defenders, attackers, clean)
 
 
+def _is_sparse(matrix: Any) -> bool:
+    """Whether ``matrix`` is a ``scipy.sparse`` array or matrix (without importing scipy needlessly)."""
+    if not type(matrix).__module__.startswith("scipy.sparse"):
+        return False
+    import scipy.sparse
+
+    return bool(scipy.sparse.issparse(matrix))
+
+
 # --------------------------------------------------------------------------- certificate
 
+# Unit round-off of float64 (2**-53): every operation is exact up to a relative error of this.
+UNIT_ROUNDOFF = float(np.finfo(np.float64).eps) / 2.0
+# Payoffs above this magnitude are multiplied by a power of two before products are formed,
+# so that sums of products cannot overflow (1e308 - (-1e308) is inf).
+_HUGE = 2.0**1000
+
+
+def _prescaled(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(values * 2**-k, k)``: exact rescaling of huge payoffs (``k = 0`` for ordinary ones)."""
+    big = max(abs(float(values.max())), abs(float(values.min())))  # no |A| copy
+    if big <= _HUGE:
+        return values, 0
+    k = math.frexp(big)[1]
+    return np.ldexp(values, -k), k
+
+
+def _unscale(v: float, k: int) -> float:
+    """``v * 2**k`` (``inf`` when that exceeds the float range)."""
+    with np.errstate(over="ignore"):
+        return float(np.ldexp(v, k)) if k else float(v)
+
+
+def payoff_scale(values: np.ndarray) -> float:
+    """``max A - min A``: the scale that :func:`solve_zero_sum`'s ``tol`` is relative to.
+
+    Shift-invariant like the certificate itself (adding a constant to every payoff changes no
+    strategy's exploitability), and computed without overflow for payoffs near the float limit.
+    """
+    scaled, k = _prescaled(np.asarray(values, dtype=np.float64))
+    return _unscale(float(np.ptp(scaled)), k)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """Both players' guarantees for a strategy pair, including floating-point rounding.
+
+    Attributes
+    ----------
+    defender_guarantee : float
+        A lower bound on ``min_j (x A)_j`` (the accuracy the defender's ``x`` guarantees
+        against every attacker), rounded down by the bound on the rounding error of computing it.
+    attacker_guarantee : float
+        An upper bound on ``max_i (A y)_i`` (the most any defender gains against ``y``).
+    value : float
+        ``x A y``.
+    rounding : float
+        The rounding allowance included above (both sides together).
+    """
+
+    defender_guarantee: float
+    attacker_guarantee: float
+    value: float
+    rounding: float
+
+    @property
+    def exploitability(self) -> float:
+        """``attacker_guarantee - defender_guarantee`` (never negative)."""
+        return max(self.attacker_guarantee - self.defender_guarantee, 0.0)
+
+    @property
+    def computed_gap(self) -> float:
+        """The duality gap as computed in floating point, without the rounding allowance."""
+        return self.exploitability - self.rounding
+
+    @property
+    def exact(self) -> bool:
+        """Whether the computed gap is within a few rounding allowances (exact up to round-off)."""
+        return self.computed_gap <= 4.0 * self.rounding
+
+
+def certify(
+    values: np.ndarray, x: np.ndarray, y: np.ndarray, *, products: tuple[np.ndarray, np.ndarray] | None = None
+) -> Certificate:
+    """Certified guarantees of ``(x, y)`` on ``values`` (von Neumann 1928; rounding as in Higham 2002).
+
+    ``(x A)_j`` is a sum of ``m`` products: in floating point, in any summation order, it is
+    exact up to ``gamma_m (x |A|)_j`` with ``gamma_k = k u / (1 - k u)`` (Higham 2002,
+    Lemma 3.1). The strategies are certified as the distributions ``x / sum(x)``, whose exact
+    sum differs from the stored one by at most another ``gamma_m``. So each ``(x A)_j`` is
+    lowered by ``2.01 gamma_(m+1) (x |A|)_j`` before the minimum is taken, each ``(A y)_i``
+    raised by ``2.01 gamma_(n+1) (|A| y)_i``, and the exploitability is the difference of the
+    two guarantees: an upper bound on the exact duality gap of the exact distributions, never
+    0 by round-off alone. For non-negative payoffs (accuracies) ``|A| = A`` and this costs
+    nothing; otherwise ``|A|`` is formed in blocks of rows. ``products=(x A, A y)`` skips
+    the two matrix-vector products when the caller has them (payoffs below ``2**1000``).
+    """
+    a, k = _prescaled(np.asarray(values, dtype=np.float64))
+    m, n = a.shape
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if products is not None and k == 0:
+        xa, ay = products
+    else:
+        xa = x @ a
+        ay = a @ y
+    if float(a.min()) >= 0.0:
+        x_abs, abs_y = xa, ay
+    else:
+        x_abs = np.zeros(n)
+        abs_y = np.empty(m)
+        block = max(1, 2**22 // max(n, 1))  # 32 MiB of |A| at a time
+        for start in range(0, m, block):
+            part = np.abs(a[start : start + block])
+            x_abs += x[start : start + block] @ part
+            abs_y[start : start + block] = part @ y
+
+    def gamma(k: int) -> float:
+        return k * UNIT_ROUNDOFF / (1.0 - k * UNIT_ROUNDOFF)
+
+    err_low = 2.01 * gamma(m + 1) * np.abs(x_abs)
+    err_high = 2.01 * gamma(n + 1) * np.abs(abs_y)
+    # nextafter: forming a bound is itself one more rounding, taken outward (a zero allowance
+    # means every product was exactly zero, so there is nothing to round).
+    low = np.where(err_low > 0, np.nextafter(xa - err_low, -np.inf), xa)
+    high = np.where(err_high > 0, np.nextafter(ay + err_high, np.inf), ay)
+    computed = float(np.max(ay)) - float(np.min(xa))
+    lower, upper = float(np.min(low)), float(np.max(high))
+    rounding = max((upper - lower) - computed, 0.0)
+    return Certificate(_unscale(lower, k), _unscale(upper, k), _unscale(float(xa @ y), k), _unscale(rounding, k))
 
 def exploitability(values: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
     """Duality gap ``max_i (A y)_i - min_j (x A)_j`` of the pair ``(x, y)`` (von Neumann 1928).
 
     Zero exactly at an equilibrium; the game value lies within this distance of ``x A y``.
+    This is the gap as computed in floating point; :func:`certify` adds a bound on its
+    rounding error (what :attr:`Equilibrium.exploitability` reports).
     """
     a = np.asarray(values, dtype=np.float64)
     return float(np.max(a @ y) - np.min(x @ a))
 
 
-def clean_strategy(p: Any, n: int, *, who: str, method: str) -> np.ndarray:
+def clean_strategy(p: Any, n: int, *, who: str, method: str, zero_tol: float = ZERO_TOL) -> np.ndarray:
     """Turn a solver's raw probability vector into a clean distribution (OpenSpiel's rule).
 
-    Entries of magnitude ``<= 1e-13`` and tiny negatives are set to zero and the vector is
-    renormalised. Anything that is not close to a distribution raises :class:`SolverError`.
+    Entries of magnitude ``<= zero_tol`` (1e-13) times the sum and tiny negatives are set to
+    zero and the vector is renormalised. Anything that is not close to a distribution raises
+    :class:`SolverError`.
     """
     try:
         q = np.array(p, dtype=np.float64).reshape(-1)
@@ -172,7 +308,7 @@ def clean_strategy(p: Any, n: int, *, who: str, method: str) -> np.ndarray:
             f"method {method!r} returned a {who} strategy summing to {total:.9g}; renormalised to 1",
             stacklevel=3,
         )
-    q[q <= ZERO_TOL * total] = 0.0
+    q[q <= zero_tol * total] = 0.0
     return q / q.sum()
 
 
@@ -198,9 +334,10 @@ class Equilibrium:
         The game value: ``x @ A @ y`` of the solver's pair, or with ``select`` the value
         of the first-stage solution (selection never changes it).
     exploitability : float
-        ``max_i (A y)_i - min_j (x A)_j`` for the returned strategies, computed from the
-        matrix independently of the solver; 0 at an exact equilibrium. The true game value
-        lies in ``[value - exploitability, value + exploitability]``.
+        ``attacker_guarantee - defender_guarantee``: the duality gap
+        ``max_i (A y)_i - min_j (x A)_j`` of the returned strategies, computed from the matrix
+        independently of the solver, plus a bound on the rounding error of computing it (so it
+        is never 0 by round-off; see :func:`certify`).
     method : str
         The solver's registry name (or the callable's name).
     status : str
@@ -212,6 +349,14 @@ class Equilibrium:
         Names in the order of the strategy vectors.
     iterations : int or None
         Iterations used by an iterative method.
+    defender_guarantee : float
+        Certified lower bound on ``min_j (x A)_j``: the accuracy the defender's strategy
+        guarantees against every attacker, hence a lower bound on the game value.
+    attacker_guarantee : float
+        Certified upper bound on ``max_i (A y)_i``: no defender does better than this against
+        the attacker's strategy, hence an upper bound on the game value. The game value lies
+        in ``[defender_guarantee, attacker_guarantee]`` (:attr:`bounds`). When not given (old
+        files), they default to ``value -/+ exploitability``.
     """
 
     defender_strategy: np.ndarray
@@ -224,6 +369,8 @@ class Equilibrium:
     defenders: tuple[str, ...] = ()
     attackers: tuple[str, ...] = ()
     iterations: int | None = None
+    defender_guarantee: float | None = None  # type: ignore[assignment]
+    attacker_guarantee: float | None = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -244,6 +391,10 @@ class Equilibrium:
             )
         set_(self, "defenders", defenders)
         set_(self, "attackers", attackers)
+        low = self.value - self.exploitability if self.defender_guarantee is None else self.defender_guarantee
+        high = self.value + self.exploitability if self.attacker_guarantee is None else self.attacker_guarantee
+        set_(self, "defender_guarantee", float(low))
+        set_(self, "attacker_guarantee", float(high))
 
     @property
     def defender_support(self) -> tuple[str, ...]:
@@ -257,8 +408,11 @@ class Equilibrium:
 
     @property
     def bounds(self) -> tuple[float, float]:
-        """``(value - exploitability, value + exploitability)``: the certified range of the value."""
-        return (self.value - self.exploitability, self.value + self.exploitability)
+        """``(defender_guarantee, attacker_guarantee)``: the certified range of the game value.
+
+        Its width is ``exploitability``; ``value`` lies inside it.
+        """
+        return (self.defender_guarantee, self.attacker_guarantee)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Equilibrium):
@@ -270,6 +424,8 @@ class Equilibrium:
             == (other.value, other.exploitability, other.method, other.status, other.select)
             and (self.defenders, self.attackers, self.iterations)
             == (other.defenders, other.attackers, other.iterations)
+            and (self.defender_guarantee, self.attacker_guarantee)
+            == (other.defender_guarantee, other.attacker_guarantee)
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -279,6 +435,8 @@ class Equilibrium:
         return {
             "value": self.value,
             "exploitability": self.exploitability,
+            "defender_guarantee": self.defender_guarantee,
+            "attacker_guarantee": self.attacker_guarantee,
             "method": self.method,
             "status": self.status,
             "select": self.select,
@@ -317,6 +475,10 @@ class Equilibrium:
         iterations = d.get("iterations")
         if iterations is not None and (isinstance(iterations, bool) or not isinstance(iterations, int)):
             raise ValueError(f"iterations must be null or an integer, got {iterations!r}")
+        guarantees = {
+            key: None if d.get(key) is None else _finite_number(d[key], key)
+            for key in ("defender_guarantee", "attacker_guarantee")
+        }
         x, defenders = _strategy_from_dict(d, "defender")
         y, attackers = _strategy_from_dict(d, "attacker")
         return cls(
@@ -330,6 +492,7 @@ class Equilibrium:
             defenders=defenders,
             attackers=attackers,
             iterations=iterations,
+            **guarantees,
         )
 
 

@@ -52,9 +52,11 @@ def solve_cvxpy(values: np.ndarray, *, tol: float = 1e-9, solver: str | None = N
     elif solver not in installed:
         raise ValueError(f"CVXPY solver {solver!r} is not installed; installed: {sorted(installed)}")
     m, _ = values.shape
-    # Rescaled to [0, 1] (strategies are invariant) so solver tolerances stay meaningful.
-    spread = float(np.ptp(values))
-    scaled = (values - values.min()) / spread if spread > 0 else np.zeros_like(values)
+    # Rescaled to [0, 1] (strategies are invariant) so solver tolerances stay meaningful and
+    # payoffs near the float limit do not overflow.
+    from gametheory_defense.solvers.lp import unit_scaled
+
+    scaled = unit_scaled(values)[0]
     x = cp.Variable(m, nonneg=True)
     v = cp.Variable()
     guarantee = scaled.T @ x >= v

@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 
 from gametheory_defense.errors import GameTooLargeError, SolverError
-from gametheory_defense.solvers._core import OPTIMAL, SolverOutput, exploitability
+from gametheory_defense.solvers._core import OPTIMAL, SolverOutput, certify, exploitability
 
 __all__ = [
     "solve_nashpy_lp",
     "solve_support_enumeration",
     "solve_vertex_enumeration",
     "solve_lemke_howson",
+    "kernel_candidates",
     "SUPPORT_ENUMERATION_MAX_STRATEGIES",
     "VERTEX_ENUMERATION_MAX_STRATEGIES",
     "LEMKE_HOWSON_MAX_STRATEGIES",
@@ -63,15 +64,25 @@ def _check_size(values: np.ndarray, method: str, limit: int) -> None:
 
 
 def _positive_bimatrix(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The zero-sum game as an equivalent bimatrix game with both payoffs >= 1."""
-    lo, hi = float(values.min()), float(values.max())
-    return values - lo + 1.0, hi - values + 1.0
+    """The zero-sum game as an equivalent bimatrix game with payoffs in [1, 2].
+
+    Rescaled to [0, 1] first (strategies are invariant), so that a game of spread 1e-15 is
+    not absorbed by the shift.
+    """
+    lo, spread = float(values.min()), float(np.ptp(values))
+    scaled = (values - lo) / spread if spread > 0 else np.zeros_like(values)
+    return scaled + 1.0, 2.0 - scaled
 
 
 def _first_certified(
     values: np.ndarray, candidates: Iterable[tuple[Any, Any]], tol: float, method: str
 ) -> SolverOutput:
-    """Scan candidate equilibria; return the first with exploitability <= tol, else the best."""
+    """Scan candidate equilibria: the first exact up to round-off, else the best.
+
+    A candidate within ``tol`` but not exact (possible when ``tol``, relative to the payoff
+    scale, exceeds a tiny entry: ``diag(1e10, 1e-10)``) does not end the scan; the best one
+    found is returned when no candidate is exact.
+    """
     best: tuple[float, np.ndarray, np.ndarray] | None = None
     for raw_x, raw_y in candidates:
         x = np.asarray(raw_x, dtype=np.float64)
@@ -82,10 +93,10 @@ def _first_certified(
             continue
         x = np.clip(x, 0.0, None) / np.clip(x, 0.0, None).sum()
         y = np.clip(y, 0.0, None) / np.clip(y, 0.0, None).sum()
-        gap = exploitability(values, x, y)
-        if best is None or gap < best[0]:
-            best = (gap, x, y)
-        if gap <= tol:
+        cert = certify(values, x, y)
+        if best is None or cert.computed_gap < best[0]:
+            best = (cert.computed_gap, x, y)
+        if cert.exact:
             break
     if best is None:
         raise SolverError(f"{method} found no equilibrium (the game may be degenerate); use method='lp'")
@@ -138,29 +149,54 @@ def solve_support_enumeration(values: np.ndarray, *, tol: float = 1e-9) -> Solve
         If ``m + n`` exceeds :data:`SUPPORT_ENUMERATION_MAX_STRATEGIES`.
     """
     _check_size(values, "support-enumeration", SUPPORT_ENUMERATION_MAX_STRATEGIES)
+    return _first_certified(values, kernel_candidates(values), tol, "support-enumeration")
+
+
+def kernel_candidates(values: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Strategy pairs of every non-singular square submatrix, smallest first (Shapley and Snow 1950).
+
+    With ``M`` a ``k x k`` submatrix on rows ``I`` and columns ``J``, ``x_I`` makes every
+    column of ``M`` pay the same (``x_I M = v 1``, ``sum x_I = 1``) and ``y_J`` every row
+    (``M y_J = u 1``), i.e. ``x_I = 1' M^-1 / (1' M^-1 1)`` when ``M`` is invertible; pairs
+    with a clearly negative probability are skipped. Every extreme equilibrium of the game is
+    among them.
+    """
     m, n = values.shape
-    shifted = values - values.min() + 1.0
+    # Rescaled to [0, 1] (strategies are invariant) and not shifted: each kernel is solved as
+    # the bordered system [M' -1; 1' 0] (x_I, v) = (0, 1), which needs no non-zero value and
+    # keeps entries far below the largest one (diag(1e10, 1e-10)) that a shift would absorb.
+    low, spread = float(values.min()), float(np.ptp(values))
+    scaled = (values - low) / spread if spread > 0 else np.zeros_like(values)
+    for k in range(1, min(m, n) + 1):
+        for rows in itertools.combinations(range(m), k):
+            for cols in itertools.combinations(range(n), k):
+                found = _bordered_pair(scaled[np.ix_(rows, cols)])
+                if found is None:
+                    continue
+                x = np.zeros(m)
+                y = np.zeros(n)
+                x[list(rows)], y[list(cols)] = found
+                yield x, y
 
-    def candidates() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for k in range(1, min(m, n) + 1):
-            for rows in itertools.combinations(range(m), k):
-                for cols in itertools.combinations(range(n), k):
-                    kernel = shifted[np.ix_(rows, cols)]
-                    try:
-                        w = np.linalg.solve(kernel, np.ones(k))
-                        z = np.linalg.solve(kernel.T, np.ones(k))
-                    except np.linalg.LinAlgError:
-                        continue
-                    total = w.sum()
-                    if not abs(total) > 1e-12 or w.min() / total < -1e-9 or z.min() / total < -1e-9:
-                        continue
-                    x = np.zeros(m)
-                    y = np.zeros(n)
-                    x[list(rows)] = z / total
-                    y[list(cols)] = w / total
-                    yield x, y
 
-    return _first_certified(values, candidates(), tol, "support-enumeration")
+def _bordered_pair(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(x, y)`` equalising the columns and the rows of a square ``kernel``; None if singular or negative."""
+    k = kernel.shape[0]
+    border = np.zeros((k + 1, k + 1))
+    border[:k, k] = -1.0
+    border[k, :k] = 1.0
+    rhs = np.zeros(k + 1)
+    rhs[k] = 1.0
+    try:
+        border[:k, :k] = kernel.T
+        z = np.linalg.solve(border, rhs)[:k]
+        border[:k, :k] = kernel
+        w = np.linalg.solve(border, rhs)[:k]
+    except np.linalg.LinAlgError:
+        return None
+    if not (np.all(np.isfinite(z)) and np.all(np.isfinite(w))) or z.min() < -1e-9 or w.min() < -1e-9:
+        return None
+    return z, w
 
 
 def solve_vertex_enumeration(values: np.ndarray, *, tol: float = 1e-9) -> SolverOutput:
@@ -230,7 +266,8 @@ def solve_lemke_howson(values: np.ndarray, *, tol: float = 1e-9, max_pivots: int
     lexicographic rule does not cover every degenerate game (e.g. 0/1 matrices); when no
     path is certified, the paths are followed on the game perturbed by ``1e-7`` times a
     fixed generic matrix and the original game is then solved exactly on the supports they
-    end at (a Shapley-Snow kernel), which the certificate checks as usual.
+    end at (a Shapley-Snow kernel), which the certificate checks as usual. If that fails too,
+    the answer of ``method="lp"`` is returned with a warning saying so.
 
     Raises
     ------
@@ -276,7 +313,22 @@ def solve_lemke_howson(values: np.ndarray, *, tol: float = 1e-9, max_pivots: int
     candidates = list(itertools.islice(runs(perturbed), 3))
     polished = [_kernel_on_supports(values, x, y) for x, y in candidates]
     pool = [c for c in polished if c is not None] + candidates + ([first[:2]] if first is not None else [])
-    return _first_certified(values, pool, tol, "lemke-howson")
+    try:
+        best = _first_certified(values, pool, tol, "lemke-howson")
+    except SolverError:
+        best = None
+    if best is not None and certify(values, best[0], best[1]).computed_gap <= tol:
+        return best
+    # Near-degenerate games can defeat both the exact and the perturbed paths (0.3 + 1e-12
+    # noise, before payoffs were rescaled): fall back to the LP, and say so.
+    from gametheory_defense.solvers.lp import solve_lp
+
+    warnings.warn(
+        "lemke-howson: no path ended at a certified equilibrium (near-degenerate game); "
+        "returning method='lp''s answer instead",
+        stacklevel=3,
+    )
+    return solve_lp(values, tol=tol)
 
 
 _PERTURBATION = 1e-7
@@ -299,17 +351,12 @@ def _kernel_on_supports(values: np.ndarray, x: Any, y: Any) -> tuple[np.ndarray,
     cols = np.flatnonzero(y / y.sum() > 1e-9)
     if rows.size != cols.size:
         return None
-    kernel = values[np.ix_(rows, cols)] - values.min() + 1.0
-    try:
-        w = np.linalg.solve(kernel, np.ones(rows.size))
-        z = np.linalg.solve(kernel.T, np.ones(rows.size))
-    except np.linalg.LinAlgError:
-        return None
-    total = w.sum()
-    if not abs(total) > 1e-12:
+    low, spread = float(values.min()), float(np.ptp(values))
+    scaled = (values - low) / spread if spread > 0 else np.zeros_like(values)
+    found = _bordered_pair(scaled[np.ix_(rows, cols)])
+    if found is None:
         return None
     full_x = np.zeros(values.shape[0])
     full_y = np.zeros(values.shape[1])
-    full_x[rows] = z / total
-    full_y[cols] = w / total
+    full_x[rows], full_y[cols] = found
     return full_x, full_y

@@ -20,10 +20,12 @@ equilibria the attacker's ``y*`` stays optimal. The rules:
 - ``"max-entropy"``: maximise ``-sum x log x`` over ``X`` (an exponential-cone program in
   CVXPY; the unique, most mixed optimal strategy: Jaynes 1957).
 - ``"min-support"``: fewest defenders with positive probability. Minimum support over a
-  polytope is NP-hard in general, so: an exact search by increasing support size when the
-  number of candidate subsets is at most 2,048, otherwise one greedy elimination pass from an
-  LP vertex (drop each defender, smallest probability first, if the rest can still guarantee
-  ``L* - slack``), which yields an inclusion-minimal support.
+  polytope is NP-hard in general, so: supports of size 1 and 2 are searched exactly at any
+  ``m`` (a vectorised scan of the rows, then of the pairs screened with bit sets); otherwise
+  one greedy elimination pass from an LP vertex (drop each defender, smallest probability
+  first, if the rest can still guarantee ``L* - slack``) gives an inclusion-minimal support,
+  and the sizes between 3 and that one are searched exactly when they hold at most 2,048
+  subsets. When they do not, the answer is a heuristic and a warning says so.
 
 Numerical safety: a second-stage solution that violates ``X(slack)`` by round-off is mixed
 with ``x*`` just enough to satisfy it, so the certificate bound above always holds.
@@ -192,8 +194,15 @@ def _restricted_guarantee(values: np.ndarray, rows: list[int]) -> tuple[float, n
 
 
 def _min_support(values: np.ndarray, x: np.ndarray, floor: float) -> np.ndarray:
-    """Fewest defenders guaranteeing ``floor``: exact for small games, else inclusion-minimal."""
+    """Fewest defenders guaranteeing ``floor``: exact up to support 2 at any size, beyond that
+    exact when affordable, otherwise inclusion-minimal (with a warning saying so)."""
     m = values.shape[0]
+    single = _best_single(values, floor)
+    if single is not None:
+        return single
+    pair = _best_pair(values, floor)
+    if pair is not None:
+        return pair
     # Start from a vertex of the optimal set: its support is at most (tight columns + 1).
     start = _max_linear(values, np.zeros(m), floor)
     start = np.clip(start, 0.0, None)
@@ -211,13 +220,71 @@ def _min_support(values: np.ndarray, x: np.ndarray, floor: float) -> np.ndarray:
         if guarantee >= floor:
             best = trial
             support = [k for k in trial_rows if trial[k] > 0]
-    # Exact search below the greedy size when it is affordable.
+    # Sizes 1 and 2 were searched exactly above; sizes 3 .. |support| - 1 when affordable.
     size = len(support)
-    candidates = sum(math.comb(m, k) for k in range(1, size))
-    if size > 1 and candidates <= EXACT_MIN_SUPPORT_BUDGET:
-        for k in range(1, size):
+    if size <= 3:
+        return best
+    candidates = sum(math.comb(m, k) for k in range(3, size))
+    if candidates <= EXACT_MIN_SUPPORT_BUDGET:
+        for k in range(3, size):
             for rows in itertools.combinations(range(m), k):
                 guarantee, trial = _restricted_guarantee(values, list(rows))
                 if guarantee >= floor:
                     return trial
+        return best
+    warnings.warn(
+        f"select='min-support': no optimal strategy uses 1 or 2 defenders; the {size} returned are "
+        f"inclusion-minimal (none can be dropped) but supports of 3 to {size - 1} were not all "
+        f"searched ({candidates} subsets > {EXACT_MIN_SUPPORT_BUDGET}): a heuristic answer",
+        stacklevel=4,
+    )
     return best
+
+
+def _best_single(values: np.ndarray, floor: float) -> np.ndarray | None:
+    """The pure strategy with the best guarantee, if one guarantees ``floor``."""
+    worst = values.min(axis=1)
+    i = int(np.argmax(worst))
+    if worst[i] < floor:
+        return None
+    x = np.zeros(values.shape[0])
+    x[i] = 1.0
+    return x
+
+
+def _best_pair(values: np.ndarray, floor: float) -> np.ndarray | None:
+    """A mixture of two defenders guaranteeing ``floor``, if any (exact search, any ``m``).
+
+    A pair ``(i, k)`` can only work if every column has a payoff ``>= floor`` in row ``i``
+    or row ``k``: pairs are screened with bit sets (``m^2 n / 8`` byte operations), and
+    each survivor's mixing weight ``t`` is the interval where ``t A_i + (1 - t) A_k >= floor``
+    holds column by column (``O(n)``).
+    """
+    m, n = values.shape
+    good = np.packbits(values >= floor, axis=1)
+    full = np.packbits(np.ones(n, dtype=bool))
+    for i in range(m - 1):
+        covers = np.all((good[i] | good[i + 1 :]) == full, axis=1)
+        for offset in np.flatnonzero(covers):
+            k = i + 1 + int(offset)
+            t = _pair_weight(values[i], values[k], floor)
+            if t is not None:
+                x = np.zeros(m)
+                x[i], x[k] = t, 1.0 - t
+                return x
+    return None
+
+
+def _pair_weight(row_i: np.ndarray, row_k: np.ndarray, floor: float) -> float | None:
+    """A weight ``t`` in [0, 1] with ``min_j (t row_i + (1 - t) row_k)_j >= floor`` (the middle of
+    the feasible interval), or None."""
+    d = row_i - row_k
+    need = floor - row_k  # t d_j >= need_j
+    up, down = d > 0, d < 0
+    if np.any(~up & ~down & (need > 0)):
+        return None
+    low = max(0.0, float(np.max(need[up] / d[up]))) if up.any() else 0.0
+    high = min(1.0, float(np.min(need[down] / d[down]))) if down.any() else 1.0
+    if low > high:
+        return None
+    return 0.5 * (low + high)
