@@ -521,7 +521,7 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
         do_raw = dict(do_raw)
         defense_raw = do_raw.pop("defense")
     do = _section(DoubleOracleConfig, do_raw, "double_oracle", extra_key="params")
-    do = dataclasses.replace(do, defense=_defense_oracle(defense_raw, do, MODELS))
+    do = dataclasses.replace(do, defense=_defense_oracle(defense_raw, do))
     _check_positive(do.max_iterations, "double_oracle.max_iterations")
     _check_positive(do.tol, "double_oracle.tol", allow_zero=True)
     _check_max(do.max_iterations, "double_oracle.max_iterations")
@@ -570,14 +570,19 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
     return config
 
 
-def _defense_oracle(raw: Any, do: DoubleOracleConfig, models: Mapping[str, Any]) -> DefenseOracleConfig:
+def _defense_oracle(raw: Any, do: DoubleOracleConfig) -> DefenseOracleConfig:
     """Validate ``[double_oracle.defense]`` and the defense-oracle keys of ``[double_oracle]``."""
+    from gametheory_defense.models import MODELS, registered_models
+
     _check_choice(do.defense_oracle, "double_oracle.defense_oracle")
     _check_positive(do.time_limit, "double_oracle.time_limit")
     d = _section(DefenseOracleConfig, raw, "double_oracle.defense")
     where = "double_oracle.defense"
-    if d.architecture is not None and d.architecture not in models:
-        raise ConfigError(f"{where}.architecture: unknown model {d.architecture!r} (choose from {', '.join(models)})")
+    if d.architecture is not None and d.architecture not in MODELS and d.architecture not in registered_models():
+        raise ConfigError(
+            f"{where}.architecture: unknown model {d.architecture!r} (choose from {', '.join(MODELS)} or a "
+            "registered name; leave it out to use the first model's)"
+        )
     for key in ("epochs", "batch_size", "lr", "attack_steps", "train_size"):
         _check_positive(getattr(d, key), f"{where}.{key}")
     _check_positive(d.weight_decay, f"{where}.weight_decay", allow_zero=True)

@@ -2,7 +2,8 @@
 
 :func:`pipeline_defense_oracle` builds a :class:`~gametheory_defense.oracles.TrainingOracle`
 from a run configuration: new defenders have the architecture of
-``[double_oracle.defense] architecture`` (default: the first ``[[models]]``), train on the
+``[double_oracle.defense] architecture`` (default: the first model's, with its ``kwargs`` and
+``normalize``), train on the
 run's training set, and are scored against every column of the current game with the
 run's payoff store (``OUT/cells``), so a killed run resumes everywhere: finished cells are
 reused, a finished oracle model is reloaded, an interrupted training resumes after its last
@@ -126,11 +127,18 @@ def pipeline_defense_oracle(
             return attackers[base]
         raise ConfigError(f"double_oracle.defense_oracle: no attack is known for column {column!r}")
 
-    arch = d.architecture or config.models[0].architecture
+    template = config.models[0]
+    if d.architecture is None and template.architecture is None:
+        raise ConfigError(
+            f"double_oracle.defense.architecture: the first model ({template.name}) names no architecture; set one"
+        )
     shape, classes = tuple(train_set.input_shape), train_set.num_classes
 
     def make_model(g: torch.Generator) -> torch.nn.Module:
-        return build_model(arch, input_shape=shape, num_classes=classes, generator=g)
+        if d.architecture is not None:
+            return build_model(d.architecture, input_shape=shape, num_classes=classes, generator=g)
+        return build_model(template.architecture, input_shape=shape, num_classes=classes, generator=g,
+                           kwargs=template.kwargs or None, normalize=template.normalize)
 
     train = train_set if d.train_size is None else train_set.subset(min(d.train_size, len(train_set)))
     return TrainingOracle(
