@@ -299,6 +299,8 @@ def _train_models(
 def defender_specs(config: RunConfig, model_paths: Mapping[str, Path], *, trust_code: bool = False) -> dict[str, Any]:
     """The game's defenders (rows) of ``config``: each base model and SAP at every configured rate.
 
+    SAP defenders follow the activations of ``[defenders] sap_activations`` (ReLU by default).
+
     Parameters
     ----------
     config : RunConfig
@@ -320,6 +322,7 @@ def defender_specs(config: RunConfig, model_paths: Mapping[str, Path], *, trust_
 
     specs: dict[str, Any] = {}
     sap_models = config.defenders.sap_models
+    acts = config.defenders.sap_activations
     for m in config.models:
         if config.defenders.include_base:
             specs[m.name] = DefenderSpec(m.name, model_paths[m.name], None, trust_code=trust_code)
@@ -327,6 +330,8 @@ def defender_specs(config: RunConfig, model_paths: Mapping[str, Path], *, trust_
             for frac in config.defenders.sap_fracs:
                 name = f"{m.name}+sap{frac:g}"
                 sap = {"frac": float(frac), "mode": config.defenders.sap_mode, "layers": None}
+                if acts != "relu":  # the default is left out, as sap_settings leaves it out
+                    sap["activations"] = acts if isinstance(acts, str) else list(acts)
                 specs[name] = DefenderSpec(name, model_paths[m.name], sap, trust_code=trust_code)
     assert list(specs) == defender_names(config)
     return specs
