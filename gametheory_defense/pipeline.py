@@ -337,6 +337,24 @@ def defender_specs(config: RunConfig, model_paths: Mapping[str, Path], *, trust_
     return specs
 
 
+def _check_sap_sites(config: RunConfig, model_paths: Mapping[str, Path], *, trust_code: bool) -> None:
+    """Refuse, naming the config key, base models without a call site of ``sap_activations``."""
+    from gametheory_defense.checkpoint import load_checkpoint
+    from gametheory_defense.sap import activation_sites
+
+    if not config.defenders.sap_fracs:
+        return
+    acts = config.defenders.sap_activations
+    for m in config.models:
+        if config.defenders.sap_models is None or m.name in config.defenders.sap_models:
+            model = load_checkpoint(model_paths[m.name], sap=None, trust_code=trust_code).model
+            if not activation_sites(model, acts):
+                raise ConfigError(
+                    f"defenders.sap_activations: model {m.name!r} has no {acts} call site to put SAP after; "
+                    "name the activations it uses (or leave it out of defenders.sap_models)"
+                )
+
+
 def load_defenders(specs: Mapping[str, Any], device: str | torch.device) -> dict[str, torch.nn.Module]:
     """Load every ``DefenderSpec`` of ``specs`` (SAP applied as the spec says) onto ``device``."""
     from gametheory_defense.checkpoint import load_checkpoint
@@ -725,6 +743,7 @@ def _run_locked(
     # 2. payoff matrix
     t = time.perf_counter()
     specs = defender_specs(config, model_paths, trust_code=trust_code)
+    _check_sap_sites(config, model_paths, trust_code=trust_code)
     from gametheory_defense.attacks import build_attack
 
     attackers = {a.name: build_attack(a.attack, **a.params) for a in config.attackers}

@@ -257,3 +257,21 @@ def test_sap_activations_from_the_config_reach_the_game(tmp_path):
     finally:
         _REGISTERED.clear()
         _REGISTERED.update(saved)
+
+
+def test_sap_activations_the_model_lacks_are_a_config_error(tmp_path):
+    from gametheory_defense.config import parse_config
+    from gametheory_defense.errors import ConfigError
+    from gametheory_defense.pipeline import run_pipeline
+
+    cfg = parse_config({
+        "data": {"dataset": "digits", "eval_size": 16},
+        "models": {"m": {"architecture": "mlp", "epochs": 1}},  # ReLU only
+        "defenders": {"sap_fracs": [1.0], "sap_activations": "gelu"},
+        "attackers": [{"name": "fgsm", "attack": "fgsm", "eps": 0.1}],
+        "evaluation": {"enabled": False},
+    })
+    with pytest.raises(ConfigError, match=r"^defenders\.sap_activations: model 'm' has no gelu call site") as info:
+        run_pipeline(cfg, tmp_path / "o", progress=False)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "o" / "cells").exists()  # refused before the payoff build began
