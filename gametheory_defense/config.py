@@ -21,7 +21,7 @@ from typing import Any
 from gametheory_defense.attacks.base import NORMS
 from gametheory_defense.errors import ConfigError
 from gametheory_defense.oracles import DEFENSE_ORACLES
-from gametheory_defense.sap import SAP_MODES
+from gametheory_defense.sap import SAP_ACTIVATIONS, SAP_MODES
 from gametheory_defense.solvers._core import SELECTIONS
 from gametheory_defense.training import METHODS, OPTIMIZERS, train_defaults
 from payoff.builder import FORMULATIONS
@@ -99,12 +99,17 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DefendersConfig:
-    """``[defenders]``: every base model, plus SAP at each rate on top of each base model."""
+    """``[defenders]``: every base model, plus SAP at each rate on top of each base model.
+
+    ``sap_activations`` names the activation families SAP follows (one name or a list, from
+    :data:`~gametheory_defense.sap.SAP_ACTIVATIONS`); ReLU is the paper's setting.
+    """
 
     sap_fracs: tuple[float, ...] = ()
     sap_mode: str = "exact"
     include_base: bool = True
     sap_models: tuple[str, ...] | None = None
+    sap_activations: str | tuple[str, ...] = "relu"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -467,6 +472,15 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
                 raise ConfigError(f"defenders.sap_models: {n!r} is not a model name")
     if not defenders.include_base and not defenders.sap_fracs:
         raise ConfigError("defenders: include_base = false needs at least one entry in sap_fracs")
+    acts = defenders.sap_activations
+    if not acts:
+        raise ConfigError(f"defenders.sap_activations: give at least one of {', '.join(SAP_ACTIVATIONS)}")
+    for a in (acts,) if isinstance(acts, str) else acts:
+        if a not in SAP_ACTIVATIONS:
+            raise ConfigError(
+                f"defenders.sap_activations: unknown activation {a!r} "
+                f"(choose from {', '.join(SAP_ACTIVATIONS)}, or a list of them)"
+            )
 
     attackers_raw = raw.get("attackers")
     if not isinstance(attackers_raw, list) or not attackers_raw:

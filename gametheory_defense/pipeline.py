@@ -299,6 +299,8 @@ def _train_models(
 def defender_specs(config: RunConfig, model_paths: Mapping[str, Path], *, trust_code: bool = False) -> dict[str, Any]:
     """The game's defenders (rows) of ``config``: each base model and SAP at every configured rate.
 
+    SAP defenders follow the activations of ``[defenders] sap_activations`` (ReLU by default).
+
     Parameters
     ----------
     config : RunConfig
@@ -320,6 +322,7 @@ def defender_specs(config: RunConfig, model_paths: Mapping[str, Path], *, trust_
 
     specs: dict[str, Any] = {}
     sap_models = config.defenders.sap_models
+    acts = config.defenders.sap_activations
     for m in config.models:
         if config.defenders.include_base:
             specs[m.name] = DefenderSpec(m.name, model_paths[m.name], None, trust_code=trust_code)
@@ -327,9 +330,29 @@ def defender_specs(config: RunConfig, model_paths: Mapping[str, Path], *, trust_
             for frac in config.defenders.sap_fracs:
                 name = f"{m.name}+sap{frac:g}"
                 sap = {"frac": float(frac), "mode": config.defenders.sap_mode, "layers": None}
+                if acts != "relu":  # the default is left out, as sap_settings leaves it out
+                    sap["activations"] = acts if isinstance(acts, str) else list(acts)
                 specs[name] = DefenderSpec(name, model_paths[m.name], sap, trust_code=trust_code)
     assert list(specs) == defender_names(config)
     return specs
+
+
+def _check_sap_sites(config: RunConfig, model_paths: Mapping[str, Path], *, trust_code: bool) -> None:
+    """Refuse, naming the config key, base models without a call site of ``sap_activations``."""
+    from gametheory_defense.checkpoint import load_checkpoint
+    from gametheory_defense.sap import activation_sites
+
+    if not config.defenders.sap_fracs:
+        return
+    acts = config.defenders.sap_activations
+    for m in config.models:
+        if config.defenders.sap_models is None or m.name in config.defenders.sap_models:
+            model = load_checkpoint(model_paths[m.name], sap=None, trust_code=trust_code).model
+            if not activation_sites(model, acts):
+                raise ConfigError(
+                    f"defenders.sap_activations: model {m.name!r} has no {acts} call site to put SAP after; "
+                    "name the activations it uses (or leave it out of defenders.sap_models)"
+                )
 
 
 def load_defenders(specs: Mapping[str, Any], device: str | torch.device) -> dict[str, torch.nn.Module]:
@@ -775,6 +798,7 @@ def _run_locked(
     # 2. payoff matrix
     t = time.perf_counter()
     specs = defender_specs(config, model_paths, trust_code=trust_code)
+    _check_sap_sites(config, model_paths, trust_code=trust_code)
     from gametheory_defense.attacks import build_attack
 
     attackers = {a.name: build_attack(a.attack, **a.params) for a in config.attackers}

@@ -52,6 +52,10 @@ def test_packaged_demo_config_is_the_example():
         (lambda r: r["models"][0].update(name="mixture"), "reserved"),
         (lambda r: r["defenders"].update(sap_fracs=[0.5, -1.0]), "defenders.sap_fracs[1]"),
         (lambda r: r["defenders"].update(sap_mode="slow"), "defenders.sap_mode"),
+        (lambda r: r["defenders"].update(sap_activations="tanh"), "defenders.sap_activations: unknown activation 'tanh'"),
+        (lambda r: r["defenders"].update(sap_activations=["gelu", "swish"]), "defenders.sap_activations: unknown"),
+        (lambda r: r["defenders"].update(sap_activations=[]), "defenders.sap_activations"),
+        (lambda r: r["defenders"].update(sap_activations=3), "defenders.sap_activations"),
         (lambda r: r["attackers"][0].update(attack="deepfool"), "attackers[0].attack"),
         (lambda r: r["attackers"][1].update(steps=0), "attackers[1]"),
         (lambda r: r["attackers"][1].update(stpes=3), "attackers[1]"),
@@ -188,3 +192,16 @@ def test_l2_eps_is_bounded_by_the_input_diagonal():
     raw["evaluation"]["eps"] = 8.1
     with pytest.raises(ConfigError, match=r"evaluation.eps: .*\[0, 8\]"):
         parse_config(raw)
+
+
+def test_sap_activations_parse_with_relu_as_the_default():
+    from gametheory_defense.sap import SAP_ACTIVATIONS
+
+    raw = raw_digits()
+    assert parse_config(raw).defenders.sap_activations == "relu"
+    raw["defenders"]["sap_activations"] = "gelu"
+    assert parse_config(raw).defenders.sap_activations == "gelu"
+    raw["defenders"]["sap_activations"] = list(SAP_ACTIVATIONS)
+    cfg = parse_config(raw)
+    assert cfg.defenders.sap_activations == SAP_ACTIVATIONS
+    assert cfg.to_dict()["defenders"]["sap_activations"] == list(SAP_ACTIVATIONS)
