@@ -20,7 +20,8 @@ from typing import Any
 
 from gametheory_defense.attacks.base import NORMS
 from gametheory_defense.errors import ConfigError
-from gametheory_defense.sap import SAP_MODES
+from gametheory_defense.oracles import DEFENSE_ORACLES
+from gametheory_defense.sap import SAP_ACTIVATIONS, SAP_MODES
 from gametheory_defense.solvers._core import SELECTIONS
 from gametheory_defense.training import METHODS, OPTIMIZERS, train_defaults
 from payoff.builder import FORMULATIONS
@@ -35,6 +36,7 @@ __all__ = [
     "GameConfig",
     "EvaluationConfig",
     "DoubleOracleConfig",
+    "DefenseOracleConfig",
     "load_config",
     "parse_config",
     "RESERVED_NAMES",
@@ -97,12 +99,17 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DefendersConfig:
-    """``[defenders]``: every base model, plus SAP at each rate on top of each base model."""
+    """``[defenders]``: every base model, plus SAP at each rate on top of each base model.
+
+    ``sap_activations`` names the activation families SAP follows (one name or a list, from
+    :data:`~gametheory_defense.sap.SAP_ACTIVATIONS`); ReLU is the paper's setting.
+    """
 
     sap_fracs: tuple[float, ...] = ()
     sap_mode: str = "exact"
     include_base: bool = True
     sap_models: tuple[str, ...] | None = None
+    sap_activations: str | tuple[str, ...] = "relu"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +156,24 @@ class EvaluationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DefenseOracleConfig:
+    """``[double_oracle.defense]``: how the defense oracle trains new defenders (PSRO)."""
+
+    architecture: str | None = None
+    epochs: int = 1
+    train_size: int | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    attack_steps: int | None = None
+    warm_start: bool = False
+    sap_fracs: tuple[float, ...] = (0.5, 1.0, 2.0)
+    sap_mode: str = "exact"
+    boost_weight: float = 4.0
+
+
+@dataclasses.dataclass(frozen=True)
 class DoubleOracleConfig:
     """``[double_oracle]``: best-response columns (and optionally rows) added to the game."""
 
@@ -156,6 +181,9 @@ class DoubleOracleConfig:
     max_iterations: int = 3
     tol: float = 0.01
     attack: str = "mixture-pgd"
+    defense_oracle: str | None = None
+    time_limit: float | None = None
+    defense: DefenseOracleConfig = DefenseOracleConfig()
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -188,6 +216,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "game.executor": tuple(EXECUTORS),
     "game.select": tuple(SELECTIONS),
     "evaluation.norm": tuple(NORMS),
+    "double_oracle.defense_oracle": tuple(DEFENSE_ORACLES),
+    "double_oracle.defense.optimizer": tuple(OPTIMIZERS),
+    "double_oracle.defense.sap_mode": tuple(SAP_MODES),
 }
 
 
@@ -464,6 +495,15 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
                 raise ConfigError(f"defenders.sap_models: {n!r} is not a model name")
     if not defenders.include_base and not defenders.sap_fracs:
         raise ConfigError("defenders: include_base = false needs at least one entry in sap_fracs")
+    acts = defenders.sap_activations
+    if not acts:
+        raise ConfigError(f"defenders.sap_activations: give at least one of {', '.join(SAP_ACTIVATIONS)}")
+    for a in (acts,) if isinstance(acts, str) else acts:
+        if a not in SAP_ACTIVATIONS:
+            raise ConfigError(
+                f"defenders.sap_activations: unknown activation {a!r} "
+                f"(choose from {', '.join(SAP_ACTIVATIONS)}, or a list of them)"
+            )
 
     attackers_raw = raw.get("attackers")
     if not isinstance(attackers_raw, list) or not attackers_raw:
@@ -513,7 +553,13 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
             f"evaluation.suite: unknown suite {evaluation.suite!r} (choose from {', '.join(SUITES)})"
         )
 
-    do = _section(DoubleOracleConfig, raw.get("double_oracle", {}), "double_oracle", extra_key="params")
+    do_raw = raw.get("double_oracle", {})
+    defense_raw = {}
+    if isinstance(do_raw, Mapping) and "defense" in do_raw:
+        do_raw = dict(do_raw)
+        defense_raw = do_raw.pop("defense")
+    do = _section(DoubleOracleConfig, do_raw, "double_oracle", extra_key="params")
+    do = dataclasses.replace(do, defense=_defense_oracle(defense_raw, do))
     _check_positive(do.max_iterations, "double_oracle.max_iterations")
     _check_positive(do.tol, "double_oracle.tol", allow_zero=True)
     _check_max(do.max_iterations, "double_oracle.max_iterations")
@@ -560,6 +606,32 @@ def parse_config(raw: Mapping[str, Any], *, source: str | None = None) -> RunCon
             raise ConfigError(f"defenders: the name {n!r} is reserved; rename that model")
     _check_file_collisions(names, "defenders", "robustness/NAME.json", reserved=RESERVED_NAMES)
     return config
+
+
+def _defense_oracle(raw: Any, do: DoubleOracleConfig) -> DefenseOracleConfig:
+    """Validate ``[double_oracle.defense]`` and the defense-oracle keys of ``[double_oracle]``."""
+    from gametheory_defense.models import MODELS, registered_models
+
+    _check_choice(do.defense_oracle, "double_oracle.defense_oracle")
+    _check_positive(do.time_limit, "double_oracle.time_limit")
+    d = _section(DefenseOracleConfig, raw, "double_oracle.defense")
+    where = "double_oracle.defense"
+    if d.architecture is not None and d.architecture not in MODELS and d.architecture not in registered_models():
+        raise ConfigError(
+            f"{where}.architecture: unknown model {d.architecture!r} (choose from {', '.join(MODELS)} or a "
+            "registered name; leave it out to use the first model's)"
+        )
+    for key in ("epochs", "batch_size", "lr", "attack_steps", "train_size"):
+        _check_positive(getattr(d, key), f"{where}.{key}")
+    _check_positive(d.weight_decay, f"{where}.weight_decay", allow_zero=True)
+    _check_positive(d.boost_weight, f"{where}.boost_weight", allow_zero=True)
+    _check_choice(d.optimizer, f"{where}.optimizer")
+    _check_choice(d.sap_mode, f"{where}.sap_mode")
+    for i, f in enumerate(d.sap_fracs):
+        _check_positive(f, f"{where}.sap_fracs[{i}]")
+    if do.defense_oracle == "sap" and not d.sap_fracs:
+        raise ConfigError(f"{where}.sap_fracs: the 'sap' oracle needs at least one rate")
+    return d
 
 
 #: Keys of a model table that only concern training (refused next to ``checkpoint``).

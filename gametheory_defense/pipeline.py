@@ -299,6 +299,8 @@ def _train_models(
 def defender_specs(config: RunConfig, model_paths: Mapping[str, Path], *, trust_code: bool = False) -> dict[str, Any]:
     """The game's defenders (rows) of ``config``: each base model and SAP at every configured rate.
 
+    SAP defenders follow the activations of ``[defenders] sap_activations`` (ReLU by default).
+
     Parameters
     ----------
     config : RunConfig
@@ -320,6 +322,7 @@ def defender_specs(config: RunConfig, model_paths: Mapping[str, Path], *, trust_
 
     specs: dict[str, Any] = {}
     sap_models = config.defenders.sap_models
+    acts = config.defenders.sap_activations
     for m in config.models:
         if config.defenders.include_base:
             specs[m.name] = DefenderSpec(m.name, model_paths[m.name], None, trust_code=trust_code)
@@ -327,9 +330,29 @@ def defender_specs(config: RunConfig, model_paths: Mapping[str, Path], *, trust_
             for frac in config.defenders.sap_fracs:
                 name = f"{m.name}+sap{frac:g}"
                 sap = {"frac": float(frac), "mode": config.defenders.sap_mode, "layers": None}
+                if acts != "relu":  # the default is left out, as sap_settings leaves it out
+                    sap["activations"] = acts if isinstance(acts, str) else list(acts)
                 specs[name] = DefenderSpec(name, model_paths[m.name], sap, trust_code=trust_code)
     assert list(specs) == defender_names(config)
     return specs
+
+
+def _check_sap_sites(config: RunConfig, model_paths: Mapping[str, Path], *, trust_code: bool) -> None:
+    """Refuse, naming the config key, base models without a call site of ``sap_activations``."""
+    from gametheory_defense.checkpoint import load_checkpoint
+    from gametheory_defense.sap import activation_sites
+
+    if not config.defenders.sap_fracs:
+        return
+    acts = config.defenders.sap_activations
+    for m in config.models:
+        if config.defenders.sap_models is None or m.name in config.defenders.sap_models:
+            model = load_checkpoint(model_paths[m.name], sap=None, trust_code=trust_code).model
+            if not activation_sites(model, acts):
+                raise ConfigError(
+                    f"defenders.sap_activations: model {m.name!r} has no {acts} call site to put SAP after; "
+                    "name the activations it uses (or leave it out of defenders.sap_models)"
+                )
 
 
 def load_defenders(specs: Mapping[str, Any], device: str | torch.device) -> dict[str, torch.nn.Module]:
@@ -349,13 +372,20 @@ def _run_double_oracle(
     config: RunConfig,
     out: RunDirectory,
     matrix: Any,
-    defenders: Mapping[str, torch.nn.Module],
+    defenders: dict[str, torch.nn.Module],
     x: torch.Tensor,
     y: torch.Tensor,
     *,
     device: torch.device,
     progress: bool,
+    train_set: Any = None,
 ) -> Any:
+    """The double-oracle loop; with ``[double_oracle] defense_oracle`` it is PSRO.
+
+    ``defenders`` gains every defender the defense oracle trains (by row name).
+    """
+    import time as _time
+
     from gametheory_defense.attacks import build_attack
     from gametheory_defense.double_oracle import OracleResponse, double_oracle
     from gametheory_defense.ensemble import MixedStrategyModel
@@ -369,8 +399,64 @@ def _run_double_oracle(
     store = PayoffStore(out.directory("cells"))
     batch = config.game.batch_size
     digest = data_digest(x, y)
-    identities = {name: defender_identity(m) for name, m in defenders.items()}
+    identities: dict[str, str] = {}
     calls = {"n": 0}
+    adv_rel = "double_oracle/adversarial"
+    columns: dict[str, tuple[str, torch.Tensor | None]] = {}  # oracle column -> (mixture identity, examples)
+
+    def identity_of(name: str) -> str:
+        if name not in identities:
+            identities[name] = defender_identity(defenders[name])
+        return identities[name]
+
+    def cell_of(model: torch.nn.Module, mixture_id: str) -> tuple[str, dict[str, Any], int]:
+        draws = config.game.repeats if is_stochastic(model) else 1
+        identity = cache_keys.double_oracle_cell_identity(
+            defender=defender_identity(model),
+            mixture=mixture_id,
+            attack=attack.config(),
+            data=digest,
+            seed=config.seed,
+            draws=draws,
+            batch_size=batch,
+        )
+        return cache_keys.key_of(identity), identity, draws
+
+    def evaluate_cell(model: torch.nn.Module, name: str, key: str, identity: dict[str, Any], draws: int,
+                      x_adv: torch.Tensor) -> np.ndarray:
+        outcomes = np.stack(
+            [
+                correctness(
+                    model, x_adv, y.cpu(),
+                    generator=cell_generator(config.seed, "double-oracle-eval", key, r),
+                    batch_size=batch, device=str(device),
+                )
+                for r in range(draws)
+            ]
+        )
+        store.put(key, outcomes, identity=identity, info={"defender": name, "attack": do.attack})
+        return outcomes
+
+    def crafted(mixture_id: str, members: list[str], weights: np.ndarray) -> torch.Tensor:
+        """The oracle's adversarial examples against a mixture (kept in ``double_oracle/adversarial``)."""
+        from safetensors.torch import load_file, save_file
+
+        ident = {"mixture": mixture_id, "attack": attack.config(), "data": digest, "seed": config.seed, "batch_size": batch}
+        rel = f"{adv_rel}/{cache_keys.key_of(ident)}.safetensors"
+        path = out.path(rel)
+        if path.exists():
+            try:
+                return load_file(str(path))["x_adv"]
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("recrafting %s (%s)", path, exc)
+        mixture = MixedStrategyModel([defenders[n] for n in members], weights, names=members)
+        gen = cell_generator(config.seed, "double-oracle", mixture_id, canonical_json(attack.config()))
+        with use_generator(mixture, gen):
+            x_adv = torch.cat(
+                [attack(mixture, x[i : i + batch], y[i : i + batch], generator=gen).cpu() for i in range(0, len(y), batch)]
+            )
+        out.write_with(rel, lambda p: save_file({"x_adv": x_adv.contiguous()}, str(p)))
+        return x_adv
 
     def attack_oracle(strategy: np.ndarray, current: Any) -> Any:
         """Best response: the attack crafted against the current mixture; one cell per defender."""
@@ -379,64 +465,56 @@ def _run_double_oracle(
         probs = np.asarray(strategy, dtype=float)
         support = support_indices(probs)
         weights = probs[support] / probs[support].sum()  # as the ensemble renormalises them
-        mixture_id = mixture_identity([identities[names[i]] for i in support], weights, "per-example")
-        cells = {}
-        for dname in names:
-            draws = config.game.repeats if is_stochastic(defenders[dname]) else 1
-            identity = cache_keys.double_oracle_cell_identity(
-                defender=identities[dname],
-                mixture=mixture_id,
-                attack=attack.config(),
-                data=digest,
-                seed=config.seed,
-                draws=draws,
-                batch_size=batch,
-            )
-            cells[dname] = (cache_keys.key_of(identity), identity, draws)
+        mixture_id = mixture_identity([identity_of(names[i]) for i in support], weights, "per-example")
+        cells = {d: cell_of(defenders[d], mixture_id) for d in names}
         records = {d: store.get(k, expected_shape=(dr, len(y))) for d, (k, _, dr) in cells.items()}
-        if any(r is None for r in records.values()):
-            mixture = MixedStrategyModel(
-                [defenders[names[i]] for i in support], weights, names=[names[i] for i in support]
-            )
-            gen = cell_generator(config.seed, "double-oracle", mixture_id, canonical_json(attack.config()))
-            with use_generator(mixture, gen):
-                x_adv = torch.cat(
-                    [attack(mixture, x[i : i + batch], y[i : i + batch], generator=gen).cpu() for i in range(0, len(y), batch)]
-                )
-            for dname, (key, identity, draws) in cells.items():
-                if records[dname] is not None:
-                    continue
-                outcomes = np.stack(
-                    [
-                        correctness(
-                            defenders[dname], x_adv, y.cpu(),
-                            generator=cell_generator(config.seed, "double-oracle-eval", key, r),
-                            batch_size=batch, device=str(device),
-                        )
-                        for r in range(draws)
-                    ]
-                )
-                store.put(key, outcomes, identity=identity, info={"defender": dname, "attack": do.attack})
-            records = {d: store.get(k, expected_shape=(dr, len(y))) for d, (k, _, dr) in cells.items()}
+        x_adv = None
+        if do.defense_oracle or any(r is None for r in records.values()):  # new rows need the examples
+            x_adv = crafted(mixture_id, [names[i] for i in support], weights)
+        for dname, (key, identity, draws) in cells.items():
+            if records[dname] is None:
+                evaluate_cell(defenders[dname], dname, key, identity, draws, x_adv)
+        records = {d: store.get(k, expected_shape=(dr, len(y))) for d, (k, _, dr) in cells.items()}
         stats = [outcome_stats(records[d].outcomes) for d in names]
+        name = f"do{calls['n']}-{do.attack}"
+        columns[name] = (mixture_id, x_adv)
         return OracleResponse(
-            name=f"do{calls['n']}-{do.attack}",
+            name=name,
             payoffs=np.array([s[0] for s in stats]),
             stderr=np.array([s[1] for s in stats]),
             n_samples=np.array([s[2] for s in stats]),
             info={"attack": attack.config(), "mixture": mixture_id},
         )
 
-    return double_oracle(
+    defense_oracle = None
+    if do.defense_oracle is not None:
+        from gametheory_defense.psro import pipeline_defense_oracle
+
+        defense_oracle = pipeline_defense_oracle(
+            config, out, defenders, (x, y), train_set, attack, columns, cell_of, evaluate_cell, store,
+            device=device, progress=progress,
+        )
+    deadline = None if do.time_limit is None else _time.monotonic() + do.time_limit
+
+    def callback(record: Any, eq: Any) -> bool:
+        return deadline is not None and _time.monotonic() > deadline
+
+    result = double_oracle(
         matrix,
         attack_oracle,
-        None,
+        defense_oracle,
         tol=do.tol,
         max_iterations=do.max_iterations,
         method=config.game.solver,
         select=config.game.select,
+        callback=callback,
         progress=progress,
     )
+    if defense_oracle is not None:
+        from gametheory_defense.psro import oracle_log
+
+        out.write_json("double_oracle/defense_oracle.json", oracle_log(defense_oracle, result))
+    return result
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -720,6 +798,7 @@ def _run_locked(
     # 2. payoff matrix
     t = time.perf_counter()
     specs = defender_specs(config, model_paths, trust_code=trust_code)
+    _check_sap_sites(config, model_paths, trust_code=trust_code)
     from gametheory_defense.attacks import build_attack
 
     attackers = {a.name: build_attack(a.attack, **a.params) for a in config.attackers}
@@ -766,15 +845,19 @@ def _run_locked(
 
     # 4. double oracle
     do_result = None
+    do_defenders = dict(defenders)  # gains the defenders a defense oracle trains
     if config.double_oracle.enabled:
         t = time.perf_counter()
-        do_result = _run_double_oracle(config, rd, matrix, defenders, x_eval, y_eval, device=dev, progress=progress)
+        do_result = _run_double_oracle(
+            config, rd, matrix, do_defenders, x_eval, y_eval, device=dev, progress=progress, train_set=train_set
+        )
         rd.write_with("double_oracle_payoff.json", do_result.matrix.to_json)
         rd.write_json("double_oracle.json", _do_summary(do_result))
         fig = plot_convergence(do_result.history)
         rd.write_with("double_oracle.png", lambda p: fig.savefig(p, dpi=120, bbox_inches="tight"))
         _close(fig)
-        do_ensemble = _ensemble(do_result.equilibrium, defenders, config)
+        do_rows = {k: do_defenders[k] for k in do_result.matrix.defenders}
+        do_ensemble = _ensemble(do_result.equilibrium, do_rows, config)
         do_ensemble.save(out / "ensemble_double_oracle", overwrite=True)
         seconds["double_oracle"] = time.perf_counter() - t
 
@@ -786,9 +869,13 @@ def _run_locked(
         n_eval = min(n_eval, len(y_eval))
         models: dict[str, torch.nn.Module] = {"mixture": ensemble}
         if do_result is not None and (do_result.added_attackers or do_result.added_defenders):
-            models["mixture-double-oracle"] = _ensemble(do_result.equilibrium, defenders, config)
+            models["mixture-double-oracle"] = _ensemble(
+                do_result.equilibrium, {k: do_defenders[k] for k in do_result.matrix.defenders}, config
+            )
         wanted = config.evaluation.models
         models.update({k: v for k, v in defenders.items() if wanted is None or k in wanted})
+        if do_result is not None:  # defenders trained by the defense oracle: candidates for the best one seen
+            models.update({k: do_defenders[k] for k in do_result.added_defenders})
         robustness = _evaluate_models(
             config, rd, models, x_eval[:n_eval], y_eval[:n_eval], device=dev, resume=resume, progress=progress
         )
@@ -845,6 +932,7 @@ def _do_summary(result: Any) -> dict[str, Any]:
         "initial_value": float(result.initial_value),
         "final_value": float(result.equilibrium.value),
         "converged": bool(result.converged),
+        "stop_reason": result.stop_reason,
         "added_attackers": list(result.added_attackers),
         "added_defenders": list(result.added_defenders),
         "history": [dataclasses.asdict(h) if dataclasses.is_dataclass(h) else dict(h) for h in result.history],

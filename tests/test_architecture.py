@@ -40,6 +40,7 @@ def test_no_import_cycle(module: str, forbidden: str) -> None:
 def test_config_choices_come_from_their_owners() -> None:
     from gametheory_defense import config, sap, training
     from gametheory_defense.attacks import NORMS
+    from gametheory_defense.oracles import DEFENSE_ORACLES
     from gametheory_defense.solvers import SELECTIONS
     from payoff.builder import FORMULATIONS
     from payoff.executors import EXECUTORS
@@ -52,6 +53,9 @@ def test_config_choices_come_from_their_owners() -> None:
         "game.executor": tuple(EXECUTORS),
         "game.select": tuple(SELECTIONS),
         "evaluation.norm": tuple(NORMS),
+        "double_oracle.defense_oracle": tuple(DEFENSE_ORACLES),
+        "double_oracle.defense.optimizer": tuple(training.OPTIMIZERS),
+        "double_oracle.defense.sap_mode": tuple(sap.SAP_MODES),
     }
     text = (ROOT / "gametheory_defense" / "config.py").read_text()
     for literal in ('("standard", "pgd-at")', '("exact", "fast")', '("serial", "ray")', '("linf", "l2")'):

@@ -198,3 +198,49 @@ def test_bad_or_missing_device_exit_2(
     code, _, stderr = _run([*argv, "--device", device], capsys)
     assert code == 2
     _one_error_line(stderr, f"gtdefense {command}: error:", repr(device))
+
+
+def test_attack_with_sap_on_gelu_activations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--sap-activations gelu`` puts SAP after the GELU of a GELU-only model; the ReLU default finds no site."""
+    import torch
+    from torch import nn
+
+    from gametheory_defense.checkpoint import save_checkpoint
+    from gametheory_defense.data import load_dataset
+    from gametheory_defense.models import _REGISTERED, register_model
+    from gametheory_defense.training import train
+
+    def gelu_net() -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 10))
+
+    saved = dict(_REGISTERED)
+    register_model(gelu_net, name="gelu-cli-test")
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = gelu_net()
+        train(model, load_dataset("digits", "train", progress=False), epochs=5, lr=0.01, progress=False,
+              generator=torch.Generator().manual_seed(0))
+        ckpt = save_checkpoint(model, tmp_path / "gelu", dataset="digits",
+                               architecture={"name": "gelu-cli-test", "input_shape": [1, 8, 8]})
+        base = ["attack", str(ckpt), "--attack", "fgsm", "--eps", "0.1", "--eot-samples", "2", "--n", "100",
+                "--sap-frac", "2", "--no-progress"]
+        code, stdout, stderr = _run([*base, "--sap-activations", "gelu"], capsys)
+        assert code == 0, stderr
+        assert "SAP frac=2 mode=exact activations=gelu" in stdout
+        clean, adv = _accuracies(stdout)
+        plain = _accuracies(_run(base[:-3] + ["--no-progress"], capsys)[1])
+        assert clean >= 0.8 and clean != plain[0]  # SAP changed the GELU model's outputs without breaking it
+        code, _, stderr = _run(base, capsys)  # default relu: the model has no ReLU to prune after
+        assert code == 2
+        _one_error_line(stderr, "relu")
+        code, _, stderr = _run([*base[:-3], "--sap-activations", "gelu", "--no-progress"], capsys)
+        assert code == 2
+        _one_error_line(stderr, "--sap-activations needs --sap-frac")
+        with pytest.raises(SystemExit) as info:
+            cli.main([*base, "--sap-activations", "tanh"])
+        assert info.value.code == 2
+        _one_error_line(capsys.readouterr().err, "invalid choice: 'tanh'")
+    finally:
+        _REGISTERED.clear()
+        _REGISTERED.update(saved)

@@ -52,6 +52,10 @@ def test_packaged_demo_config_is_the_example():
         (lambda r: r["models"][0].update(name="mixture"), "reserved"),
         (lambda r: r["defenders"].update(sap_fracs=[0.5, -1.0]), "defenders.sap_fracs[1]"),
         (lambda r: r["defenders"].update(sap_mode="slow"), "defenders.sap_mode"),
+        (lambda r: r["defenders"].update(sap_activations="tanh"), "defenders.sap_activations: unknown activation 'tanh'"),
+        (lambda r: r["defenders"].update(sap_activations=["gelu", "swish"]), "defenders.sap_activations: unknown"),
+        (lambda r: r["defenders"].update(sap_activations=[]), "defenders.sap_activations"),
+        (lambda r: r["defenders"].update(sap_activations=3), "defenders.sap_activations"),
         (lambda r: r["attackers"][0].update(attack="deepfool"), "attackers[0].attack"),
         (lambda r: r["attackers"][1].update(steps=0), "attackers[1]"),
         (lambda r: r["attackers"][1].update(stpes=3), "attackers[1]"),
@@ -72,6 +76,14 @@ def test_packaged_demo_config_is_the_example():
         (lambda r: r["double_oracle"].update(attack="nope"), "double_oracle.attack"),
         (lambda r: r["double_oracle"].update(enabled=False, steps=0), "double_oracle (mixture-pgd)"),
         (lambda r: r["double_oracle"].pop("eps"), "needs argument 'eps'"),
+        (lambda r: r["double_oracle"].update(defense_oracle="trades"), "double_oracle.defense_oracle"),
+        (lambda r: r["double_oracle"].update(time_limit=-1), "double_oracle.time_limit"),
+        (lambda r: r["double_oracle"]["defense"].update(epochs=0), "double_oracle.defense.epochs"),
+        (lambda r: r["double_oracle"]["defense"].update(epoch=3), "double_oracle.defense: unknown key 'epoch'"),
+        (lambda r: r["double_oracle"]["defense"].update(architecture="vgg"), "double_oracle.defense.architecture"),
+        (lambda r: r["double_oracle"]["defense"].update(optimizer="lbfgs"), "double_oracle.defense.optimizer"),
+        (lambda r: r["double_oracle"]["defense"].update(sap_fracs=[0.5, 0.0]), "double_oracle.defense.sap_fracs[1]"),
+        (lambda r: r["double_oracle"].update(defense=3), "double_oracle.defense: expected a table"),
         (lambda r: r.pop("attackers"), "attackers"),
         (lambda r: r.pop("models"), "models"),
     ],
@@ -93,6 +105,20 @@ def test_double_oracle_section_is_optional():
     assert cfg.double_oracle.enabled is False and cfg.double_oracle.params == {}
     raw["double_oracle"] = {"enabled": False}  # switched off with no attack settings: nothing to check
     assert parse_config(raw).double_oracle.enabled is False
+
+
+def test_defense_oracle_settings_parse():
+    cfg = parse_config(raw_digits())
+    do = cfg.double_oracle
+    assert do.defense_oracle == "pgd-at" and do.time_limit is None
+    assert do.defense.epochs == 10 and do.defense.warm_start is True and do.defense.attack_steps == 7
+    assert "defense" not in do.params and "defense_oracle" not in do.params  # not attack arguments
+    assert cfg.to_dict()["double_oracle"]["defense"]["epochs"] == 10
+    raw = raw_digits()
+    raw["double_oracle"].pop("defense_oracle")
+    raw["double_oracle"].pop("defense")
+    plain = parse_config(raw).double_oracle
+    assert plain.defense_oracle is None and plain.defense.epochs == 1
 
 
 def test_transfer_sources_and_draws_parse():
@@ -181,3 +207,16 @@ def test_l2_eps_is_bounded_by_the_input_diagonal():
     raw["evaluation"]["eps"] = 8.1
     with pytest.raises(ConfigError, match=r"evaluation.eps: .*\[0, 8\]"):
         parse_config(raw)
+
+
+def test_sap_activations_parse_with_relu_as_the_default():
+    from gametheory_defense.sap import SAP_ACTIVATIONS
+
+    raw = raw_digits()
+    assert parse_config(raw).defenders.sap_activations == "relu"
+    raw["defenders"]["sap_activations"] = "gelu"
+    assert parse_config(raw).defenders.sap_activations == "gelu"
+    raw["defenders"]["sap_activations"] = list(SAP_ACTIVATIONS)
+    cfg = parse_config(raw)
+    assert cfg.defenders.sap_activations == SAP_ACTIVATIONS
+    assert cfg.to_dict()["defenders"]["sap_activations"] == list(SAP_ACTIVATIONS)

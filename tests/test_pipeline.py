@@ -190,3 +190,111 @@ def test_resume_reuses_models_whose_names_contain_dots(tmp_path, caplog):
         _train_models(config, tmp_path, train, test, device=torch.device("cpu"), resume=True, progress=False)
     assert "reusing trained model std-0.1" in caplog.text
     assert paths["std-0.1"].with_name("std-0.1.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_demo_runs_psro(demo):
+    """The demo's defense oracle trains defenders: rows added, bounds labelled, the final mixture evaluated."""
+    out, _ = demo
+    summary = json.loads((out / "double_oracle.json").read_text())
+    calls = json.loads((out / "double_oracle" / "defense_oracle.json").read_text())["calls"]
+    rows = PayoffMatrix.from_json(out / "payoff.json").defenders
+    assert calls and calls[0]["method"] == "pgd-at" and calls[0]["warm_start"] in rows  # warm started
+    added = summary["added_defenders"]
+    assert added == [c["name"] for c in calls if c["added"]]
+    for name in added:  # every added row is a checkpoint that resumes, and is evaluated adaptively
+        assert (out / "double_oracle" / "defenders" / name / "model.safetensors").is_file()
+    robustness = json.loads((out / "robustness.json").read_text())
+    report = (out / "report.md").read_text()
+    assert "## 2. PSRO" in report and "**Lower bound** (estimate)" in report and "**Upper bound** (estimate)" in report
+    h = summary["history"]
+    assert all(r["lower_bound"] <= r["value"] + 1e-12 <= r["upper_bound"] + 2e-12 for r in h)
+    if added:
+        assert all(name in robustness for name in added) and "mixture-double-oracle" in robustness
+        assert "The final double-oracle mixture reaches" in report
+        # PGD-AT fine-tuned against the attacker's mixture beats the game's initial value.
+        assert summary["final_value"] > summary["initial_value"]
+
+
+class GeluNet(__import__("torch").nn.Sequential):
+    """A tiny digits MLP with one GELU and one ReLU layer (for ``[defenders] sap_activations``)."""
+
+    def __init__(self, hidden: int = 32) -> None:
+        from torch import nn
+
+        super().__init__(
+            nn.Flatten(), nn.Linear(64, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 10)
+        )
+
+
+def test_sap_activations_from_the_config_reach_the_game(tmp_path):
+    """sap_activations = "gelu": SAP after the GELU only, really stochastic; changing it recomputes the SAP cells."""
+    import logging
+
+    import torch
+
+    from gametheory_defense.config import parse_config
+    from gametheory_defense.models import _REGISTERED, register_model
+    from gametheory_defense.pipeline import defender_specs, load_defenders, run_pipeline
+    from gametheory_defense.sap import sap_settings
+    from gametheory_defense.stochastic import use_generator
+
+    saved = dict(_REGISTERED)
+    register_model(GeluNet, name="gelu-net-test")
+
+    def config(acts):
+        return parse_config({
+            "run": {"seed": 0},
+            "data": {"dataset": "digits", "eval_size": 32},
+            "models": {"g": {"architecture": "gelu-net-test", "epochs": 2, "lr": 0.01}},
+            "defenders": {"sap_fracs": [0.5], "sap_activations": acts},
+            "attackers": [{"name": "fgsm", "attack": "fgsm", "eps": 0.1}],
+            "game": {"repeats": 2},
+            "evaluation": {"enabled": False},
+        })
+
+    try:
+        out = tmp_path / "run"
+        first = run_pipeline(config("gelu"), out, progress=False)
+        assert first.matrix.defenders == ("g", "g+sap0.5")
+        specs = defender_specs(config("gelu"), {"g": out / "models" / "g"})
+        sap_model = load_defenders(specs, "cpu")["g+sap0.5"]
+        settings = sap_settings(sap_model)
+        assert settings["activations"] == "gelu" and settings["layers"] == ["2"]  # the GELU, not the ReLU "4"
+        x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+        draws = []
+        for s in (1, 2):
+            with torch.no_grad(), use_generator(sap_model, torch.Generator().manual_seed(s)):
+                draws.append(sap_model(x))
+        assert (draws[0] - draws[1]).abs().max() > 1e-3  # a stochastic row: outputs vary between draws
+        np.testing.assert_array_equal(first.matrix.n_samples[1], 2 * first.matrix.n_samples[0])  # 2 draws vs 1
+
+        both = run_pipeline(config(["gelu", "relu"]), out, resume=True, progress=False)
+        meta = both.matrix.metadata
+        per_row = (meta["cells_reused"] + meta["cells_computed"]) // 2
+        assert meta["cells_reused"] == meta["cells_computed"] == per_row >= 2  # base row kept, SAP row new
+        assert sap_settings(load_defenders(defender_specs(config(["relu", "gelu"]), {"g": out / "models" / "g"}),
+                                           "cpu")["g+sap0.5"])["layers"] == ["2", "4"]
+        again = run_pipeline(config("gelu"), out, resume=True, progress=False)
+        assert again.matrix.metadata["cells_computed"] == 0  # the GELU cells of the first run are still valid
+        np.testing.assert_array_equal(again.matrix.values, first.matrix.values)
+    finally:
+        _REGISTERED.clear()
+        _REGISTERED.update(saved)
+
+
+def test_sap_activations_the_model_lacks_are_a_config_error(tmp_path):
+    from gametheory_defense.config import parse_config
+    from gametheory_defense.errors import ConfigError
+    from gametheory_defense.pipeline import run_pipeline
+
+    cfg = parse_config({
+        "data": {"dataset": "digits", "eval_size": 16},
+        "models": {"m": {"architecture": "mlp", "epochs": 1}},  # ReLU only
+        "defenders": {"sap_fracs": [1.0], "sap_activations": "gelu"},
+        "attackers": [{"name": "fgsm", "attack": "fgsm", "eps": 0.1}],
+        "evaluation": {"enabled": False},
+    })
+    with pytest.raises(ConfigError, match=r"^defenders\.sap_activations: model 'm' has no gelu call site") as info:
+        run_pipeline(cfg, tmp_path / "o", progress=False)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "o" / "cells").exists()  # refused before the payoff build began

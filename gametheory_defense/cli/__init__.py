@@ -40,6 +40,37 @@ def add_trust_code_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_sap_activations_option(parser: argparse.ArgumentParser) -> None:
+    """``--sap-activations``: the activation families SAP follows (choices from the SAP registry)."""
+    from gametheory_defense.sap import SAP_ACTIVATIONS
+
+    parser.add_argument(
+        "--sap-activations",
+        nargs="+",
+        default=None,
+        choices=list(SAP_ACTIVATIONS),
+        metavar="ACT",
+        help=f"activations SAP follows, one or more of {', '.join(SAP_ACTIVATIONS)} (default relu, the paper's "
+        "setting); needs --sap-frac",
+    )
+
+
+def sap_request(args: argparse.Namespace) -> dict[str, Any] | str:
+    """The ``sap`` argument of ``load_checkpoint`` from ``--sap-frac/--sap-mode/--sap-activations``.
+
+    ``"keep"`` (the checkpoint's own settings) without ``--sap-frac``; a ``ValueError``
+    when ``--sap-activations`` is given without it.
+    """
+    if args.sap_frac is None:
+        if args.sap_activations is not None:
+            raise ValueError("--sap-activations needs --sap-frac (the SAP draw fraction)")
+        return "keep"
+    sap: dict[str, Any] = {"frac": args.sap_frac, "mode": args.sap_mode, "layers": None}
+    if args.sap_activations is not None:
+        sap["activations"] = list(args.sap_activations)
+    return sap
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gtdefense",

@@ -7,7 +7,7 @@ import logging
 import sys
 import warnings
 
-from gametheory_defense.cli import add_trust_code_option
+from gametheory_defense.cli import add_sap_activations_option, add_trust_code_option, sap_request
 
 __all__ = ["register", "run", "NON_EOT_WARNING"]
 
@@ -46,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="gradient samples per step (Expectation over Transformation; default: the attack's)")
     p.add_argument("--sap-frac", type=float, default=None, help="add SAP with this draw fraction")
     p.add_argument("--sap-mode", default="exact", choices=list(SAP_MODES), help="SAP sampling mode (default exact)")
+    add_sap_activations_option(p)
     p.add_argument("--n", type=int, default=1000, help="attack the first N test images (default 1000)")
     p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
                    help="data set (default: the one recorded in the checkpoint)")
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = args.dataset or meta.get("dataset")
     if not dataset:
         raise ConfigError(f"{args.checkpoint}: the checkpoint records no data set; pass --dataset")
-    sap = "keep" if args.sap_frac is None else {"frac": args.sap_frac, "mode": args.sap_mode, "layers": None}
+    sap = sap_request(args)
     ckpt = load_checkpoint(args.checkpoint, device=args.device, sap=sap, trust_code=args.trust_code)
 
     test_set = load_dataset(dataset, "test", data_dir=args.data_dir, download=args.download)
@@ -116,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
                        generator=attack_gen, progress=not args.no_progress)
     settings = ", ".join(f"{k}={v}" for k, v in sorted(_attack_kwargs(args).items()))
     sap_note = "" if args.sap_frac is None else f", SAP frac={args.sap_frac:g} mode={args.sap_mode}"
+    if args.sap_activations is not None:
+        sap_note += f" activations={','.join(args.sap_activations)}"
     n = len(test_set.labels)
     print(f"clean accuracy {clean:.4f}, adversarial accuracy {adv:.4f} "
           f"({args.attack}: {settings}{sap_note}; {n} {dataset} test images)")

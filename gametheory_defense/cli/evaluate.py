@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gametheory_defense.cli import add_trust_code_option
+from gametheory_defense.cli import add_sap_activations_option, add_trust_code_option, sap_request
 
 __all__ = ["register", "run"]
 
@@ -66,6 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--sap-frac", type=float, default=None,
                    help="add Stochastic Activation Pruning with this fraction (to every member of an ensemble)")
     p.add_argument("--sap-mode", default="exact", choices=list(SAP_MODES), help="SAP sampling mode (default exact)")
+    add_sap_activations_option(p)
     p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
                    help="data set (default: the one recorded with the model)")
     p.add_argument("--data-dir", default=None, help="directory holding the data set files")
@@ -112,9 +113,11 @@ def _load(args: argparse.Namespace) -> tuple[Any, str | None, dict[str, Any]]:
             members = manifest.get("members") or []
             if members and isinstance(members[0], dict) and "sidecar" in members[0]:
                 dataset = read_metadata(path / members[0]["sidecar"]).get("dataset")
-        if args.sap_frac is not None:
+        sap = sap_request(args)
+        if isinstance(sap, dict):
             model = MixedStrategyModel(
-                [apply_sap(m, args.sap_frac, mode=args.sap_mode) for m in model.members],
+                [apply_sap(m, sap["frac"], mode=sap["mode"], activations=sap.get("activations", "relu"))
+                 for m in model.members],
                 model.strategy,
                 names=model.names,
                 sample=model.sample,
@@ -125,7 +128,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, str | None, dict[str, Any]]:
     candidates = [path, path.with_name(path.name + ".json"), path.with_name(path.name + ".safetensors")]
     if not any(c.is_file() for c in candidates):
         raise FileNotFoundError(f"{path}: no such checkpoint or ensemble directory")
-    sap = "keep" if args.sap_frac is None else {"frac": args.sap_frac, "mode": args.sap_mode, "layers": None}
+    sap = sap_request(args)
     ckpt = load_checkpoint(path, device=args.device, sap=sap, trust_code=args.trust_code)
     return ckpt.model, ckpt.metadata.get("dataset"), _recorded_threat_model(ckpt.metadata)
 
