@@ -69,6 +69,7 @@ from torch.nn import functional as F
 
 from gametheory_defense.checkpoint import _atomic_target, _sha256_file
 from gametheory_defense.double_oracle import OracleResponse
+from gametheory_defense.training import OPTIMIZERS
 
 if TYPE_CHECKING:
     from gametheory_defense.attacks import Attack
@@ -90,7 +91,6 @@ DEFENSE_ORACLES: tuple[str, ...] = ("pgd-at", "sap", "boost")
 
 _STATE_FORMAT = "gametheory-defense/oracle-training-state"
 _STATE_VERSION = 1
-_OPTIMIZERS = ("adam", "sgd")
 
 
 # --------------------------------------------------------------------------- row evaluation
@@ -443,8 +443,8 @@ def train_resumable(
 
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-    if optimizer not in _OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {list(_OPTIMIZERS)}, got {optimizer!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
     if batch_size < 1 or not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"batch_size must be >= 1 and lr > 0, got {batch_size!r} and {lr!r}")
     dev = torch.device(device)
@@ -614,8 +614,8 @@ class TrainingOracle:
         self.batch_size = _check_positive_int(batch_size, "batch_size")
         if attack_steps is not None:
             _check_positive_int(attack_steps, "attack_steps")
-        if optimizer not in _OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {list(_OPTIMIZERS)}, got {optimizer!r}")
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive number, got {lr!r}")
         if not (isinstance(boost_weight, (int, float)) and math.isfinite(boost_weight) and boost_weight >= 0):
