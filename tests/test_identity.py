@@ -70,7 +70,7 @@ def test_parameter_free_wrappers_with_different_settings_differ() -> None:
 def test_three_bit_depth_wrappers_get_three_rows() -> None:
     base = _base()
     x, y = _data()
-    defenders = {f"bits{b}": nn.Sequential(BitDepth(b), base) for b in (1, 2, 8)}
+    defenders = {f"bits{b}": nn.Sequential(BitDepth(b), base).eval() for b in (1, 2, 8)}
     m = build_payoff_matrix(defenders, {"fgsm": FGSM(0.2)}, (x, y), progress=False)
     assert m.metadata["cells_reused"] == 0
     # each row is that model's own accuracy, not a copy of another's
