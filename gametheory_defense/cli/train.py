@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from gametheory_defense.checkpoint import save_checkpoint
     from gametheory_defense.data import load_dataset
     from gametheory_defense.models import build_model
-    from gametheory_defense.training import _resolve_device, accuracy, default_eval_attack, train
+    from gametheory_defense.training import TRAIN_SETTINGS, _resolve_device, accuracy, default_eval_attack, train
 
     _resolve_device(args.device)  # fail before loading data: one line for a bad or missing device
     for flag, value, low in (("--train-size", args.train_size, 1), ("--eval-size", args.eval_size, 1),
@@ -80,16 +80,7 @@ def run(args: argparse.Namespace) -> int:
     result = train(
         model,
         train_set,
-        method=args.method,
-        epochs=args.epochs,
-        eps=args.eps,
-        step_size=args.step_size,
-        attack_steps=args.attack_steps,
-        eps_warmup_epochs=args.eps_warmup_epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        weight_decay=args.weight_decay,
+        **{k: getattr(args, k) for k in TRAIN_SETTINGS},  # declared once, in training
         device=args.device,
         generator=generator,
         progress=not args.no_progress,
