@@ -159,6 +159,7 @@ def test_attack_contract_on_device(
     model = dev_mlp if kind == "deterministic" else dev_sap
     x, y = evalset
     x0 = x.clone()
+    grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
     settings = SETTINGS.get(name, {})
     attack = build_attack(name, eps=EPS[norm], norm=norm, **settings)
     a = _run(attack, model, x, y, seed=5)
@@ -174,7 +175,8 @@ def test_attack_contract_on_device(
     assert torch.equal(a, b), f"{name}: two runs with one seed differ on {DEVICE}"
     # parameters are left as they were
     assert all(p.requires_grad for p in model.parameters())
-    assert all(p.grad is None for p in model.parameters())
+    for p, g in zip(model.parameters(), grads):
+        assert (p.grad is None) if g is None else torch.equal(p.grad, g)
     if kind == "deterministic":
         clean = _acc(model, x, y)
         adv = _acc(model, a, y)
@@ -214,7 +216,8 @@ def test_pgd_on_device_agrees_with_cpu(cpu_mlp: nn.Module, dev_mlp: nn.Module, d
 def test_attack_on_mixture_on_device(dev_mlp: nn.Module, cpu_mlp2: nn.Module, evalset: tuple) -> None:
     from gametheory_defense.ensemble import MixedStrategyModel
 
-    mix = MixedStrategyModel([dev_mlp, _copy_to_device(cpu_mlp2)], [0.5, 0.5]).eval()
+    # one deterministic member and one SAP member, both on the device
+    mix = MixedStrategyModel([dev_mlp, apply_sap(cpu_mlp2, 1.0, mode="exact").to(DEVICE)], [0.5, 0.5]).eval()
     x, y = evalset
     for name in ("mixture-pgd", "arc", "eot-pgd", "apgd-ce"):
         attack = build_attack(name, eps=0.3, **SETTINGS[name])
@@ -312,16 +315,16 @@ def test_train_on_device_and_load_on_cpu(method: str, digits: dict, tmp_path: Pa
     from gametheory_defense.training import accuracy, train
 
     model = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, generator=_gen(0))
-    n = 640 if method == "standard" else 256
+    # 640 images: 3 clean epochs reach ~0.87, 2 PGD-AT epochs ~0.83 on the CPU (thresholds 0.6 / 0.5)
     result = train(
-        model, (digits["x"][:n], digits["y"][:n]), method=method, epochs=1 if method == "pgd-at" else 3,
+        model, (digits["x"][:640], digits["y"][:640]), method=method, epochs=3 if method == "standard" else 2,
         eps=0.1, attack_steps=2, batch_size=64, lr=3e-3, device=DEVICE, generator=_gen(1), progress=False,
     )
     assert all(_on_device(p) for p in model.parameters())
     assert not model.training
     assert result.history and all(math.isfinite(e.loss) for e in result.history)
     acc = accuracy(model, (digits["xt"][:300], digits["yt"][:300]), device=DEVICE)
-    assert acc > (0.6 if method == "standard" else 0.3), acc
+    assert acc > (0.6 if method == "standard" else 0.5), acc
     path = save_checkpoint(model, tmp_path / "m", training=result.as_dict(), dataset="digits")
     assert path.with_name("m.safetensors").exists() and path.with_name("m.json").exists()
     ckpt = load_checkpoint(tmp_path / "m", device="cpu")
@@ -370,7 +373,8 @@ def test_payoff_builder_on_device_close_to_cpu(cpu_mlp: nn.Module, cpu_mlp2: nn.
 
     m_dev = build(DEVICE)
     m_cpu = build("cpu")
-    assert m_dev.values.shape == (2, 2) and m_dev.defenders == ("a", "b") or list(m_dev.defenders) == ["a", "b"]
+    assert m_dev.values.shape == (2, 2)
+    assert list(m_dev.defenders) == ["a", "b"] and list(m_dev.attackers) == ["fgsm", "pgd"]
     assert np.all((m_dev.values >= 0) & (m_dev.values <= 1))
     # Deterministic defenders, same seeds: only float round-off differs between devices,
     # which can flip a PGD sign step on a few pixels and so a few borderline examples.
@@ -482,7 +486,7 @@ def _cli(argv: list[str]) -> tuple[int, str]:
 def test_cli_train_attack_evaluate_on_device(tmp_path: Path) -> None:
     out = tmp_path / "mlp"
     code, stdout = _cli([
-        "train", "--dataset", "digits", "--model", "mlp", "--method", "standard", "--epochs", "3",
+        "train", "--dataset", "digits", "--model", "mlp", "--method", "standard", "--epochs", "5",
         "--lr", "3e-3", "--batch-size", "64", "--seed", "0", "--eval-size", "200", "--no-progress",
         "--device", DEVICE, "--out", str(out),
     ])
