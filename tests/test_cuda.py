@@ -322,6 +322,11 @@ def test_train_on_device_and_load_on_cpu(method: str, digits: dict, tmp_path: Pa
     )
     assert all(_on_device(p) for p in model.parameters())
     assert not model.training
+    assert torch.device(result.config()["device"]).type == DEV_TYPE
+    # mixed precision is automatic: off on the CPU, bfloat16 (or float16) on CUDA
+    assert result.config()["amp"] == (False if DEV_TYPE == "cpu" else result.config()["amp"]) and (
+        DEV_TYPE != "cuda" or result.config()["amp"] in ("bfloat16", "float16")
+    )
     assert result.history and all(math.isfinite(e.loss) for e in result.history)
     acc = accuracy(model, (digits["xt"][:300], digits["yt"][:300]), device=DEVICE)
     assert acc > (0.6 if method == "standard" else 0.5), acc
@@ -343,17 +348,20 @@ def test_train_on_device_and_load_on_cpu(method: str, digits: dict, tmp_path: Pa
         torch.testing.assert_close(back(x.to(DEVICE)).cpu(), cpu_model(x), rtol=1e-3, atol=1e-3)
 
 
-def test_training_is_seeded_on_device(digits: dict) -> None:
+@pytest.mark.parametrize("gen_device", ["cpu", "device"])
+def test_training_is_seeded_on_device(gen_device: str, digits: dict) -> None:
     from gametheory_defense.training import train
 
-    def once() -> list[torch.Tensor]:
+    def once(seed: int) -> list[torch.Tensor]:
         model = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, generator=_gen(0))
+        gen = _gen(seed, "cpu" if gen_device == "cpu" else DEVICE)
         train(model, (digits["x"][:256], digits["y"][:256]), method="pgd-at", epochs=1, eps=0.1, attack_steps=2,
-              batch_size=64, device=DEVICE, generator=_gen(3), progress=False)
+              batch_size=64, device=DEVICE, generator=gen, progress=False)
         return [p.detach().cpu() for p in model.parameters()]
 
-    for a, b in zip(once(), once()):
-        assert torch.equal(a, b)
+    first = once(3)
+    assert all(torch.equal(a, b) for a, b in zip(first, once(3)))
+    assert not all(torch.equal(a, b) for a, b in zip(first, once(4)))
 
 
 # ----------------------------------------------------------------------------- 4. payoff builder
@@ -493,8 +501,7 @@ def test_cli_train_attack_evaluate_on_device(tmp_path: Path) -> None:
     assert code == 0, stdout
     meta = json.loads(out.with_name("mlp.json").read_text())
     assert meta["training"]["config"]["method"] == "standard"
-    if "device" in meta["training"]["config"]:
-        assert torch.device(meta["training"]["config"]["device"]).type == DEV_TYPE
+    assert torch.device(meta["training"]["config"]["device"]).type == DEV_TYPE
     assert meta["metrics"]["clean_accuracy"] >= 0.8
 
     code, stdout = _cli([
@@ -508,8 +515,11 @@ def test_cli_train_attack_evaluate_on_device(tmp_path: Path) -> None:
     code, stdout = _cli([
         "evaluate", str(out), "--dataset", "digits", "--n", "32", "--eps", "0.1", "--attack", "pgd",
         "--steps", "5", "--sap-frac", "1.0", "--sap-mode", "fast", "--eot-samples", "2", "--device", DEVICE,
-        "--no-progress", "--out-json", str(report),
+        "--no-progress", "--out-json", str(report), "--out-md", str(tmp_path / "r.md"),
     ])
     assert code == 0, stdout
     data = json.loads(report.read_text())
-    assert data["n_examples"] == 32 if "n_examples" in data else True
+    assert data["n_examples"] == 32 and data["stochastic"] is True
+    assert 0.0 <= data["worst_case_accuracy"] <= data["clean_accuracy"] <= 1.0
+    assert data["evaluation"]["sap"]["frac"] == 1.0
+    assert (tmp_path / "r.md").exists()
