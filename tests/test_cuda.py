@@ -523,3 +523,46 @@ def test_cli_train_attack_evaluate_on_device(tmp_path: Path) -> None:
     assert 0.0 <= data["worst_case_accuracy"] <= data["clean_accuracy"] <= 1.0
     assert data["evaluation"]["sap"]["frac"] == 1.0
     assert (tmp_path / "r.md").exists()
+
+
+# ----------------------------------------------------------------------------- 8. PSRO training oracle
+
+
+def _rng_states() -> list[torch.Tensor]:
+    states = [torch.get_rng_state()]
+    if DEV_TYPE == "cuda":
+        states.append(torch.cuda.get_rng_state(torch.device(DEVICE)))
+    return states
+
+
+def test_resumable_oracle_training_on_device(digits: dict, tmp_path: Path) -> None:
+    # The PSRO defense oracle's training loop (oracles.train_resumable): runs on the device,
+    # leaves the caller's CPU and CUDA random states alone (it used to reseed the global
+    # CUDA generator: fork_rng(devices=[]) then torch.manual_seed), and a run killed
+    # after epoch 1 resumes to the weights of an uninterrupted run.
+    from gametheory_defense.oracles import train_resumable
+
+    x, y = digits["x"][:192], digits["y"][:192]
+    pgd = PGD(0.1, steps=2)
+
+    def draw(g: torch.Generator) -> Any:
+        return pgd if torch.rand((), generator=g).item() < 0.5 else None
+
+    def run(epochs: int, state: Path | None) -> tuple[nn.Module, list]:
+        model = build_model("mlp", input_shape=(1, 8, 8), num_classes=10, generator=_gen(0))
+        hist, _ = train_resumable(model, (x, y), epochs=epochs, draw_attack=draw, generator=_gen(9),
+                                  state_dir=state, recipe={"test": 1}, batch_size=64, lr=3e-3, device=DEVICE,
+                                  progress=False)
+        return model, hist
+
+    before = _rng_states()
+    full, hist = run(2, None)
+    after = _rng_states()
+    assert all(torch.equal(a, b) for a, b in zip(before, after)), "the global random state changed"
+    assert all(_on_device(p) for p in full.parameters())
+    assert len(hist) == 2 and all(math.isfinite(h["loss"]) for h in hist)
+    run(1, tmp_path / "state")
+    resumed, hist2 = run(2, tmp_path / "state")
+    assert all(_on_device(p) for p in resumed.parameters())
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
