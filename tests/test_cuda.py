@@ -566,3 +566,33 @@ def test_resumable_oracle_training_on_device(digits: dict, tmp_path: Path) -> No
     assert all(_on_device(p) for p in resumed.parameters())
     for a, b in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+class _UserNet(nn.Module):
+    """A user architecture (not built in): its constructor draws from torch's global generator."""
+
+    def __init__(self, hidden: int = 16) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_build_user_model_leaves_the_global_random_state_alone() -> None:
+    # build_model seeds a user constructor from the generator; it used torch.manual_seed,
+    # which also reseeds CUDA (not restored by fork_rng(devices=[]))
+    from gametheory_defense.models import register_model
+
+    name = "gtd-test-cuda-usernet"
+    register_model(_UserNet, name=name)
+    before = _rng_states()
+    a = build_model(name, input_shape=(1, 8, 8), kwargs={"hidden": 16}, generator=_gen(0))
+    after = _rng_states()
+    assert all(torch.equal(s, t) for s, t in zip(before, after)), "the global random state changed"
+    b = build_model(name, input_shape=(1, 8, 8), kwargs={"hidden": 16}, generator=_gen(0))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))  # still seeded
+    a.to(DEVICE)
+    x, y = torch.rand(8, 1, 8, 8, generator=_gen(1)).to(DEVICE), torch.arange(8).to(DEVICE)
+    adv = PGD(0.1, steps=2)(a, x, y, generator=_gen(2))
+    assert _on_device(adv)
