@@ -12,6 +12,7 @@ Tiny models (the built-in ``mlp`` / ``small-cnn`` on the embedded 8x8 digits), f
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import math
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gametheory_defense.attacks import ATTACKS, PGD, RandomizedDefenseWarning, build_attack
+from gametheory_defense.attacks import ATTACKS, PGD, build_attack
 from gametheory_defense.data import as_tensors, load_dataset
 from gametheory_defense.models import build_model
 from gametheory_defense.sap import StochasticActivationPruning, apply_sap
@@ -103,8 +104,6 @@ def cpu_mlp2(digits: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def _copy_to_device(model: nn.Module) -> nn.Module:
-    import copy
-
     return copy.deepcopy(model).to(DEVICE).eval()
 
 
@@ -374,8 +373,6 @@ def test_payoff_builder_on_device_close_to_cpu(cpu_mlp: nn.Module, cpu_mlp2: nn.
     attacks = {"fgsm": build_attack("fgsm", eps=0.1), "pgd": build_attack("pgd", eps=0.1, steps=5)}
 
     def build(device: str):
-        import copy
-
         defenders = {"a": copy.deepcopy(cpu_mlp), "b": copy.deepcopy(cpu_mlp2)}
         return build_payoff_matrix(defenders, attacks, (x, y), device=device, seed=0, progress=False)
 
@@ -443,8 +440,6 @@ def test_mixture_sampling_frequencies_on_device(dev_mlp: nn.Module, cpu_mlp2: nn
 
 @pytest.mark.parametrize("kind", ["deterministic", "sap"])
 def test_evaluate_quick_suite_on_device(kind: str, cpu_mlp: nn.Module, digits: dict) -> None:
-    import copy
-
     from gametheory_defense.evaluation import evaluate, suite
 
     model = copy.deepcopy(cpu_mlp) if kind == "deterministic" else apply_sap(cpu_mlp, 1.0, mode="fast")
