@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from gametheory_defense.errors import GTDError
-from gametheory_defense.stochastic import StochasticModule, random_tensor
+from gametheory_defense.stochastic import StochasticModule, _derived_generator, random_tensor
 
 __all__ = [
     "StochasticActivationPruning",
@@ -399,9 +399,12 @@ def _poisson_hits(
 
 
 def _poisson(rates: torch.Tensor, *, generator: torch.Generator | None) -> torch.Tensor:
-    """``torch.poisson`` drawn on the generator's device (like ``random_tensor``)."""
+    """``torch.poisson`` on ``rates``' device, from ``generator`` as :func:`random_tensor` draws."""
     if generator is None or generator.device.type == rates.device.type:
         return torch.poisson(rates, generator=generator)
+    local = _derived_generator(generator, rates.device)
+    if local is not None:
+        return torch.poisson(rates, generator=local)
     return torch.poisson(rates.to(generator.device), generator=generator).to(rates.device)
 
 

@@ -98,12 +98,32 @@ def random_tensor(
 ) -> torch.Tensor:
     """Draw ``torch.rand`` (``kind="rand"``) or ``torch.randn`` (``"randn"``) on ``device``.
 
-    If ``generator`` lives on another device than ``device`` the numbers are drawn on the
-    generator's device and moved, so one CPU generator reproduces the same stream on CPU
-    and CUDA.
+    If ``generator`` lives on another device than ``device`` (a CPU generator feeding CUDA
+    tensors, as every seeded path of the library does), one 63-bit seed is drawn from it
+    and the numbers are drawn on ``device`` by a generator of that device seeded with it.
+    The result is a function of the CPU generator's state, so a seeded run repeats exactly
+    on a given device type, and no large tensor of random numbers is made on the host and
+    copied: SAP under EOT draws one uniform per unit and example, hundreds of millions per
+    forward pass, which the host generator would make the bottleneck of a GPU. (CPU and
+    CUDA streams differ; results of the two devices differ in floating point anyway.)
+    Devices without their own generator fall back to drawing on the generator's device
+    and moving the numbers.
     """
     fn = {"rand": torch.rand, "randn": torch.randn}[kind]
     device = torch.device(device)
     if generator is None or generator.device.type == device.type:
         return fn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    local = _derived_generator(generator, device)
+    if local is not None:
+        return fn(tuple(shape), generator=local, device=device, dtype=dtype)
     return fn(tuple(shape), generator=generator, device=generator.device, dtype=dtype).to(device)
+
+
+def _derived_generator(generator: torch.Generator, device: torch.device) -> torch.Generator | None:
+    """A generator on ``device`` seeded from one draw of ``generator`` (``None`` if the device has none)."""
+    seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator).item())
+    try:
+        local = torch.Generator(device=device)
+    except RuntimeError:
+        return None
+    return local.manual_seed(seed)
