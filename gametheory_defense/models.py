@@ -509,7 +509,9 @@ def build_model(
         kw = _check_kwargs(kwargs, name)
         with torch.random.fork_rng(devices=[]):
             if generator is not None:
-                torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+                # the CPU generator only: torch.manual_seed would also reseed every CUDA
+                # device, which fork_rng(devices=[]) does not restore
+                torch.default_generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
             try:
                 model = constructor(**kw)
             except Exception as exc:  # the user's constructor: any failure becomes one line

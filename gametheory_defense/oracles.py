@@ -378,6 +378,13 @@ def _load_state(
     return int(meta["epoch"]), list(meta["history"])
 
 
+def _cuda_devices(dev: torch.device) -> list[int]:
+    """The CUDA device indices whose RNG state ``torch.random.fork_rng`` must save for ``dev``."""
+    if dev.type != "cuda":
+        return []
+    return [dev.index if dev.index is not None else torch.cuda.current_device()]
+
+
 def train_resumable(
     model: nn.Module,
     data: tuple[torch.Tensor, torch.Tensor],
@@ -474,7 +481,9 @@ def train_resumable(
         # from ``generator``, so a resumed epoch sees the same numbers as an uninterrupted one
         seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
         loss_sum, correct, seen = 0.0, 0, 0
-        with torch.random.fork_rng(devices=[]):
+        # torch.manual_seed also seeds CUDA: fork the training device's RNG too, or the
+        # caller's CUDA random state would be overwritten
+        with torch.random.fork_rng(devices=_cuda_devices(dev)):
             torch.manual_seed(seed)
             bar = tqdm(range(batches), desc=f"{desc} epoch {epoch}/{epochs}", disable=not progress, leave=False)
             for b in bar:
