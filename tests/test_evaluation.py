@@ -325,6 +325,7 @@ def test_cli_writes_json_and_markdown_by_default(digits, tmp_path, capsys) -> No
     record = json.loads((tmp_path / "mlp.evaluation.fgsm.linf-0.1.json").read_text())["evaluation"]
     assert record["model"] == str(ck) and record["sap"] is None and record["seed"] == 0 and record["eps"] == 0.1
     assert record["suite"] is None and record["attacks"] == ["fgsm"] and record["n"] == 10
+    assert record["device"] == "cpu" and record["environment"]["torch"] == torch.__version__
 
 
 def test_cli_uses_the_recorded_threat_model_keeps_suites_apart_and_warns_on_one_draw(digits, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -246,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
     from gametheory_defense.data import load_dataset
     from gametheory_defense.errors import ConfigError
     from gametheory_defense.evaluation import evaluate, suite
+    from gametheory_defense.provenance import environment
 
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
@@ -303,6 +304,8 @@ def run(args: argparse.Namespace) -> int:
         "repeats": args.repeats,
         "draws": args.draws,
         "dataset": dataset,
+        "device": str(args.device),
+        "environment": environment(),
     }
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
