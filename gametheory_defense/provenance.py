@@ -65,7 +65,16 @@ def environment() -> dict[str, str]:
         "torch_cpu_capability": cap() if cap is not None else "unknown",
         "torch_threads": str(torch_threads()),
         "cpu_count": str(os.cpu_count()),
+        "cuda": _cuda_devices(),
     }
+
+
+def _cuda_devices() -> str:
+    """``"none"``, or the CUDA runtime version and each visible device's name."""
+    if not torch.cuda.is_available():
+        return "none"
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return f"CUDA {torch.version.cuda}: " + ", ".join(names)
 
 
 def reproduce_command(argv: Sequence[str] | None = None) -> str:
