@@ -48,6 +48,7 @@ from gametheory_defense.attacks import (
     Attack,
     ProbabilityOutputWarning,
     RandomizedDefenseWarning,
+    Transfer,
     TransferPGD,
     build_attack,
 )
@@ -132,8 +133,9 @@ AUTOATTACK_RAND_SUITE: dict[str, SuiteEntry] = {
 #: The adaptive suite: what ``evaluate(..., attacks="adaptive")`` runs. For a deterministic
 #: model it contains ``autoattack`` (same attacks and budgets) plus PGD with the CE and CW
 #: losses and APGD-DLR; for a randomized model ``autoattack-rand`` plus EOT-PGD, Square
-#: on the expected prediction and PGD transferred from the deterministic base model; for a
-#: mixture also MixturePGD, ARC and a transfer from each member's deterministic base.
+#: on the expected prediction and PGD, APGD-T and Square transferred from the deterministic
+#: base model; for a mixture also MixturePGD, ARC and those transfers from each member's
+#: deterministic base.
 ADAPTIVE_SUITE: dict[str, SuiteEntry] = {
     "pgd-ce": SuiteEntry("pgd", {"steps": 100, "loss": "ce"}, "deterministic"),
     "pgd-cw": SuiteEntry("pgd", {"steps": 100, "loss": "cw"}, "deterministic"),
@@ -147,6 +149,10 @@ ADAPTIVE_SUITE: dict[str, SuiteEntry] = {
     "square": SuiteEntry("square", {"steps": 5000, "p_init": 0.8}, "deterministic"),
     "square-eot": SuiteEntry("square", {"steps": 1000, "p_init": 0.8}, "randomized", eot_samples=10),
     "transfer-pgd": SuiteEntry("transfer-pgd", {"steps": 100, "loss": "ce"}, "randomized"),
+    # AutoAttack's other two attacks, crafted on the deterministic base: a randomized model meets
+    # at least what its base meets (Square with 5000 queries on the base sets MNIST PGD-AT's figure)
+    "transfer-apgd-t": SuiteEntry("transfer", {"attack": "apgd-t", "settings": {"steps": 100, "targets": 9}}, "randomized"),
+    "transfer-square": SuiteEntry("transfer", {"attack": "square", "settings": {"steps": 5000, "p_init": 0.8}}, "randomized"),
 }
 
 #: A scaled-down version of :data:`ADAPTIVE_SUITE` for tests and demos (not for claims).
@@ -162,6 +168,8 @@ QUICK_SUITE: dict[str, SuiteEntry] = {
     "square": SuiteEntry("square", {"steps": 300, "p_init": 0.8}, "deterministic"),
     # no Square on randomized models here: 100 queries of 5 draws cost 6x EOT-PGD and broke little
     "transfer-pgd": SuiteEntry("transfer-pgd", {"steps": 20, "loss": "ce"}, "randomized"),
+    "transfer-apgd-t": SuiteEntry("transfer", {"attack": "apgd-t", "settings": {"steps": 20, "targets": 3}}, "randomized"),
+    "transfer-square": SuiteEntry("transfer", {"attack": "square", "settings": {"steps": 300, "p_init": 0.8}}, "randomized"),
 }
 
 #: Suites by name.
@@ -227,7 +235,7 @@ def suite(name: str, *, eps: float, norm: str = "linf", model: nn.Module | None 
             continue
         kwargs = dict(entry.settings)
         kwargs["eot_samples"] = entry.eot_samples if randomized else 1
-        if entry.attack == "transfer-pgd" and model is not None and is_mixture(model):
+        if entry.attack in ("transfer-pgd", "transfer") and model is not None and is_mixture(model):
             # one transfer per member of the support, each from its deterministic base
             comps = mixture_components(model)
             for c in comps:
@@ -656,7 +664,7 @@ def _forward_differs(model: nn.Module, x: torch.Tensor, seed: int) -> bool:
 
 def _handles_randomness(attack: Attack, model: nn.Module) -> bool:
     """Whether ``attack`` accounts for the model's randomness (EOT, or exact over a mixture)."""
-    if getattr(attack, "eot_samples", 1) > 1 or isinstance(attack, TransferPGD):
+    if getattr(attack, "eot_samples", 1) > 1 or isinstance(attack, (Transfer, TransferPGD)):
         return True  # a transfer ignores the randomness on purpose
     if isinstance(attack, MixtureAwareMixin) and is_mixture(model):
         return not any(is_stochastic(c.module) for c in mixture_components(model))

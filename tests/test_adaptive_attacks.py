@@ -21,7 +21,7 @@ from gametheory_defense.attacks import (
 )
 from gametheory_defense.attacks.apgd import APGDCE, APGDDLR, apgd_checkpoints, top_targets
 from gametheory_defense.attacks.square import Square, pseudo_gaussian_pattern, square_fraction
-from gametheory_defense.attacks.transfer import TransferPGD
+from gametheory_defense.attacks.transfer import Transfer, TransferPGD
 from gametheory_defense.errors import AttackError
 from gametheory_defense.stochastic import use_generator
 from gametheory_defense.attacks.arc import ARC, arc_step_size, linearize, nearest_boundary
@@ -425,3 +425,35 @@ def test_transfer_pgd_is_pgd_on_the_deterministic_base(digits) -> None:  # type:
     assert torch.equal(c, b)
     with pytest.raises(AttackError, match="has 2 members"):
         TransferPGD(0.1, steps=5, member=2)(mix, x, y)
+
+
+@pytest.mark.parametrize("inner, settings", [("square", {"steps": 40}), ("apgd-t", {"steps": 5, "targets": 2})])
+def test_transfer_runs_any_attack_on_the_deterministic_base(digits, inner, settings) -> None:  # type: ignore[no-untyped-def]
+    base, x, y = digits["members"][1], digits["x"][:40], digits["y"][:40]
+    sap = apply_sap(base, 0.5)
+    direct = build_attack(inner, eps=0.1, **settings)(base, x, y, generator=torch.Generator().manual_seed(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RandomizedDefenseWarning)  # a transfer ignores randomness on purpose
+        t = Transfer(0.1, attack=inner, settings=settings)
+        a = t(sap, x, y, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, direct)  # the same examples as the attack on the base: SAP's randomness plays no part
+    mix = MixedStrategyModel([digits["members"][0], sap], [0.5, 0.5])
+    b = Transfer(0.1, attack=inner, settings=settings, member=1)(mix, x, y, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(b, direct)
+    with torch.no_grad():
+        assert (base(a).argmax(1) == y).float().mean() < (base(x).argmax(1) == y).float().mean() - 0.2
+    assert build_attack(t.name, **{k: v for k, v in t.config().items() if k != "name"}).config() == t.config()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"attack": "arc"}, "cannot wrap"),
+    ({"attack": "transfer-pgd"}, "cannot wrap"),
+    ({"attack": "square", "settings": {"eot_samples": 5}}, "eot_samples must be 1"),
+    ({"attack": "square", "settings": {"norm": "l2"}}, "must not set 'norm'"),
+    ({"attack": "square", "settings": {"queries": 5}}, "unknown argument 'queries'"),
+    ({"attack": "square", "member": -1}, "member"),
+    ({"attack": "square", "eot_samples": 4}, "eot_samples must be 1"),
+])
+def test_transfer_rejects_bad_settings(kwargs, match) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(AttackError, match=match):
+        build_attack("transfer", eps=0.1, **kwargs)

@@ -51,6 +51,7 @@ SMALL_SETTINGS: dict[str, dict[str, Any]] = {
     "apgd-t": {"steps": 4, "eot_samples": 2, "targets": 2},
     "square": {"steps": 30, "eot_samples": 2, "restarts": 2},
     "transfer-pgd": {"steps": 4, "restarts": 2},
+    "transfer": {"attack": "apgd-t", "settings": {"steps": 4, "targets": 2}},
 }
 EPS = {"linf": 0.1, "l2": 0.5}
 SHAPE = (1, 4, 4)

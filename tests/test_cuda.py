@@ -61,6 +61,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "apgd-t": {"steps": 5, "eot_samples": 2, "targets": 2},
     "square": {"steps": 60, "eot_samples": 1, "restarts": 1},
     "transfer-pgd": {"steps": 10, "restarts": 1},
+    "transfer": {"attack": "apgd-t", "settings": {"steps": 10, "targets": 2}},
 }
 
 

@@ -153,9 +153,10 @@ def test_sanity_check_fires_on_probability_outputs(digits) -> None:  # type: ign
 def test_mixture_with_the_quick_suite(digits) -> None:  # type: ignore[no-untyped-def]
     mix = MixedStrategyModel([digits["mlp"], digits["mlp2"]], [0.7, 0.3])
     attacks = suite("quick", eps=EPS, model=mix)
-    assert {"mixture-pgd-ce", "arc", "eot-pgd-ce", "apgd-ce", "apgd-dlr", "transfer-pgd-member0",
-            "transfer-pgd-member1"} == set(attacks)
+    transfers = [f"{t}-member{i}" for t in ("transfer-pgd", "transfer-apgd-t", "transfer-square") for i in (0, 1)]
+    assert {"mixture-pgd-ce", "arc", "eot-pgd-ce", "apgd-ce", "apgd-dlr", *transfers} == set(attacks)
     assert [attacks[f"transfer-pgd-member{i}"].member for i in (0, 1)] == [0, 1]
+    assert [attacks[f"transfer-square-member{i}"].member for i in (0, 1)] == [0, 1]
     assert isinstance(attacks["arc"], ARC) and isinstance(attacks["mixture-pgd-ce"], MixturePGD)
     x, y = digits["data"]
     report, sanity = _evaluate(mix, (x[:40], y[:40]), attacks, repeats=2)
@@ -170,7 +171,11 @@ def test_suites_fit_the_model(digits) -> None:  # type: ignore[no-untyped-def]
     assert det["pgd-ce"].steps == 100 and det["pgd-cw"].loss == "cw"
     assert all(a.eot_samples == 1 for a in det.values())
     sap = suite("adaptive", eps=EPS, model=apply_sap(digits["mlp"], 0.5))
-    assert set(sap) == {"eot-pgd-ce", "apgd-ce", "apgd-dlr", "square-eot", "transfer-pgd"}
+    assert set(sap) == {"eot-pgd-ce", "apgd-ce", "apgd-dlr", "square-eot", "transfer-pgd", "transfer-apgd-t",
+                        "transfer-square"}
+    # the randomized model meets AutoAttack's deterministic attacks, with their budgets, through its base
+    assert sap["transfer-square"].inner.config() == det["square"].config()
+    assert sap["transfer-apgd-t"].inner.config() == det["apgd-t"].config()
     assert all(sap[k].eot_samples == 20 for k in ("eot-pgd-ce", "apgd-ce", "apgd-dlr"))
     assert sap["eot-pgd-ce"].steps == 100 and sap["square-eot"].eot_samples == 10
     assert sap["transfer-pgd"].eot_samples == 1 and sap["transfer-pgd"].member is None

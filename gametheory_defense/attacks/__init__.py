@@ -44,7 +44,7 @@ from gametheory_defense.attacks.mixture import MixturePGD
 from gametheory_defense.attacks.arc import ARC
 from gametheory_defense.attacks.apgd import APGD, APGDCE, APGDDLR, APGDT
 from gametheory_defense.attacks.square import Square
-from gametheory_defense.attacks.transfer import TransferPGD
+from gametheory_defense.attacks.transfer import Transfer, TransferPGD
 
 __all__ = [
     "Attack",
@@ -61,6 +61,7 @@ __all__ = [
     "APGDDLR",
     "APGDT",
     "Square",
+    "Transfer",
     "TransferPGD",
     "RandomizedDefenseWarning",
     "ProbabilityOutputWarning",
